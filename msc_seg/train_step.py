@@ -1,0 +1,68 @@
+"""The pure train step: (state, batch, key) -> (state, metrics), jitted over the mesh by train.py."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from msc_seg.losses.total import total_loss
+from msc_seg.train_state import ModelDef, TrainState, is_finite_tree
+
+
+def make_train_step(
+    model_def: ModelDef,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    *,
+    aux_weight: float,
+    class_weights: Sequence[float] = (),
+    contrastive_weight: float = 0.0,
+    contrastive_kwargs: Mapping[str, Any] | None = None,
+) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
+    """Builds the train step.
+
+    batch: {'image': float32 [B,H,W,3], 'label': int32 [B,H,W]} (global arrays sharded on `data`);
+    key: the run's base key; per-step randomness is fold_in(key, step), so it does not depend on
+    how the run was interrupted and resumed.
+    Non-finite guard: when the loss or any gradient is NaN/inf the step returns the incoming state
+    unchanged (step not advanced) with metrics['nonfinite'] = 1; the host stops the run.
+    """
+    want_embeddings = contrastive_weight > 0
+
+    def step_fn(state: TrainState, batch: dict, key: jax.Array):
+        step_key = jax.random.fold_in(key, state.step)
+        dropout_key, sample_key = jax.random.split(step_key)
+
+        def loss_fn(params):
+            model = model_def.merge(params, state.rest)
+            nnx.reseed(model, dropout=dropout_key)
+            outputs = model(batch["image"], train=True, return_embeddings=want_embeddings)
+            loss, metrics = total_loss(
+                outputs, batch["label"], sample_key, aux_weight=aux_weight,
+                class_weights=class_weights, contrastive_weight=contrastive_weight,
+                contrastive_kwargs=contrastive_kwargs,
+            )
+            _, _, _, new_rest = nnx.split(model, nnx.Param, nnx.RngState, ...)
+            return loss, (metrics, new_rest)
+
+        (loss, (metrics, new_rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        finite = jnp.isfinite(loss) & is_finite_tree(grads)
+        new_state = TrainState(
+            step=state.step + 1, params=new_params, rest=new_rest, opt_state=new_opt_state
+        )
+        # Keep the last good state when anything is non-finite: nothing corrupt can be saved.
+        new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
+        metrics = dict(metrics)
+        metrics["learning_rate"] = jnp.asarray(schedule(state.step), jnp.float32)
+        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["nonfinite"] = (~finite).astype(jnp.float32)
+        return new_state, metrics
+
+    return step_fn
