@@ -21,6 +21,8 @@ KNOWN_PROJECTOR_POSITIONS = ("fpn", "backbone")
 # Output stride of every model's coarsest feature map: crops must be multiples of it so that the
 # label downsampling of the contrastive loss (label[:, ::s, ::s]) lines up with every feature map.
 MODEL_STRIDE = 32
+# Number of projected feature scales (contrastive taps) per model; DeepLabV3's depends on its taps.
+MODEL_NUM_SCALES = {"upernet": 4, "hrnet": 4, "ocrnet": 4}
 
 
 class ConfigError(ValueError):
@@ -113,7 +115,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.b1 = 0.9
     c.optimizer.b2 = 0.999
     c.optimizer.momentum = 0.9  # SGD only
-    c.optimizer.no_decay_keywords = ("absolute_pos_embed", "norm", "relative_position_bias_table")
+    c.optimizer.no_decay_patterns = ("absolute_pos_embed", "relative_position_bias_table", "^backbone/.*norm")
     c.optimizer.grad_clip_norm = 0.0  # 0 = no clipping (the reference clips nothing)
 
     c.schedule = ml_collections.ConfigDict()
@@ -222,8 +224,11 @@ def validate(config: ml_collections.ConfigDict, facts: RuntimeFacts) -> None:
     if cc.weight > 0:
         if cc.temperature <= 0:
             raise _err("loss.contrastive.temperature", cc.temperature, "must be > 0")
-        if len(cc.scale_weights) < 1:
-            raise _err("loss.contrastive.scale_weights", cc.scale_weights, "needs one weight per scale")
+        scales = MODEL_NUM_SCALES.get(c.model.name)
+        if len(cc.scale_weights) < 1 or (scales and len(cc.scale_weights) != scales):
+            raise _err("loss.contrastive.scale_weights", cc.scale_weights,
+                       f"needs one weight per projected scale ({scales} for model "
+                       f"'{c.model.name}'), finest first")
         if cc.images_per_group <= 0 or c.batch_size % cc.images_per_group:
             raise _err("loss.contrastive.images_per_group", cc.images_per_group,
                        f"must divide batch_size ({c.batch_size}): the batch is split into groups "

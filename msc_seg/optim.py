@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import re
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -55,17 +57,20 @@ def path_to_str(path) -> str:
     return "/".join(parts)
 
 
-def make_decay_mask(params, no_decay_keywords: Sequence[str]):
+def make_decay_mask(params, no_decay_patterns: Sequence[str]):
     """A pytree of bools like `params`: True where weight decay applies.
 
-    A parameter is exempt when its path contains any of `no_decay_keywords` (the reference exempts
-    `absolute_pos_embed`, `norm` and `relative_position_bias_table` for Swin; SGD recipes decay all).
+    A parameter is exempt when a regular expression of `no_decay_patterns` matches (re.search)
+    its path 'a/b/c'. The reference's Swin recipe exempts parameters whose PyTorch name contains
+    `absolute_pos_embed`, `relative_position_bias_table` or `norm`; its `norm`s are the Swin
+    LayerNorms only (its decoder BatchNorms are decayed), hence `^backbone/.*norm` in the ADE20K
+    config. SGD recipes decay everything (no patterns).
     """
-    keywords = tuple(no_decay_keywords)
+    patterns = [re.compile(p) for p in no_decay_patterns]
 
     def decays(path, _):
         name = path_to_str(path)
-        return not any(k in name for k in keywords)
+        return not any(p.search(name) for p in patterns)
 
     return jax.tree_util.tree_map_with_path(decays, params)
 
@@ -76,7 +81,7 @@ def make_optimizer(
     params,
     *,
     weight_decay: float,
-    no_decay_keywords: Sequence[str] = (),
+    no_decay_patterns: Sequence[str] = (),
     b1: float = 0.9,
     b2: float = 0.999,
     momentum: float = 0.9,
@@ -86,7 +91,7 @@ def make_optimizer(
 
     `params` is only used to build the weight-decay mask by parameter path.
     """
-    mask = make_decay_mask(params, no_decay_keywords)
+    mask = make_decay_mask(params, no_decay_patterns)
     if name == "sgd":
         tx = optax.chain(
             optax.add_decayed_weights(weight_decay, mask=mask),

@@ -142,9 +142,11 @@ def evaluate_state(run: Run, state: TrainState, step: int) -> dict:
     ) | {"confusion_matrix": cm}
 
 
-def contrastive_kwargs(config) -> dict:
+def contrastive_kwargs(config, num_classes: int) -> dict:
+    """Keyword arguments of `losses.contrastive_loss_for_batch` from `config.loss.contrastive`."""
     cc = config.loss.contrastive
     return dict(
+        num_classes=num_classes,
         images_per_group=cc.images_per_group,
         gather_all_groups=cc.gather_all_groups,
         temperature=cc.temperature,
@@ -209,7 +211,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             run.model_def, tx, run.tx_builder.schedule,
             aux_weight=c.loss.aux_weight, class_weights=tuple(c.loss.class_weights),
             contrastive_weight=c.loss.contrastive.weight,
-            contrastive_kwargs=contrastive_kwargs(c),
+            contrastive_kwargs=contrastive_kwargs(c, run.spec.num_classes),
         )
         train_step = jax.jit(step_fn, donate_argnums=(0,))
         key = jax.random.key(c.seed)

@@ -132,7 +132,7 @@ def make_tx_builder(config: ml_collections.ConfigDict) -> Callable[[Any], optax.
     def build(params):
         return optim.make_optimizer(
             o.name, schedule, params, weight_decay=o.weight_decay,
-            no_decay_keywords=o.no_decay_keywords, b1=o.b1, b2=o.b2, momentum=o.momentum,
+            no_decay_patterns=o.no_decay_patterns, b1=o.b1, b2=o.b2, momentum=o.momentum,
             grad_clip_norm=o.grad_clip_norm,
         )
 

@@ -36,17 +36,19 @@ def test_decay_mask_exempts_norms_and_position_tables():
             "relative_position_bias_table": jnp.ones(2), "qkv": {"kernel": jnp.ones(2)}}},
         "head": {"conv": {"bias": jnp.ones(2)}},
     }
-    mask = optim.make_decay_mask(params, ("norm", "relative_position_bias_table"))
+    params["head"]["batch_norm"] = {"scale": jnp.ones(2)}
+    mask = optim.make_decay_mask(params, ("^backbone/.*norm", "relative_position_bias_table"))
     assert mask["backbone"]["norm1"]["scale"] is False
     assert mask["backbone"]["attn"]["relative_position_bias_table"] is False
     assert mask["backbone"]["attn"]["qkv"]["kernel"] is True
     assert mask["head"]["conv"]["bias"] is True
+    assert mask["head"]["batch_norm"]["scale"] is True  # the reference decays decoder BNs
 
 
 def test_adamw_decays_only_masked_parameters_like_pytorch():
     params = {"w": jnp.ones(3), "norm": jnp.ones(3)}
     tx = optim.make_optimizer("adamw", lambda _: 0.1, params, weight_decay=0.5,
-                              no_decay_keywords=("norm",))
+                              no_decay_patterns=("norm",))
     zero = {"w": jnp.zeros(3), "norm": jnp.zeros(3)}
     updates, _ = tx.update(zero, tx.init(params), params)
     new = optax.apply_updates(params, updates)

@@ -37,7 +37,10 @@ class DatasetSpec:
       ignore_ids: raw label ids that mean "ignore".
       label_offset: raw id `k` (not ignored) is class `k - label_offset`.
       image_dir, label_dir: folder names under the root of a folder dataset.
+      split_folders: (folder name, split name) pairs renaming a folder dataset's split folders.
       download_hint: how a user obtains the raw data (shown in preparation errors).
+      max_image_shape: (H, W) bound on every image of the dataset, when one is known (config
+        validation checks crops and eval.pad_shape against it); None for variable sizes.
     """
 
     name: str
@@ -53,7 +56,9 @@ class DatasetSpec:
     label_offset: int = 0
     image_dir: str = "images"
     label_dir: str = "labels"
+    split_folders: tuple[tuple[str, str], ...] = ()
     download_hint: str = ""
+    max_image_shape: tuple[int, int] | None = None
 
     def __post_init__(self):
         palette = np.asarray(self.palette, dtype=np.uint8)
@@ -221,6 +226,7 @@ register_dataset(
         source="demo",
         ignore_ids=(255,),
         download_hint="Procedurally generated: nothing to download.",
+        max_image_shape=(128, 128),
     )
 )
 
@@ -233,12 +239,13 @@ register_dataset(
         tfds_name="ade20k",
         class_names=ADE20K_CLASS_NAMES,
         palette=ADE20K_PALETTE,
-        train_split="training",
+        train_split="train",
         eval_split="validation",
         source="folder",
         ignore_ids=(0,),
         label_offset=1,
         label_dir="annotations",
+        split_folders=(("training", "train"), ("validation", "validation")),
         download_hint=(
             "Download http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip and "
             "unzip it; the root is the ADEChallengeData2016 folder (images/{training,validation}, "
@@ -262,5 +269,6 @@ register_dataset(
             "images/{train,val,test}/NAME.(jpg|png) and labels/{train,val,test}/NAME.png "
             "(single-channel ids 0..10, 11 = void)."
         ),
+        max_image_shape=(360, 480),
     )
 )

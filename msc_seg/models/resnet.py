@@ -251,17 +251,16 @@ class ResNet(nnx.Module):
             raise ValueError(
                 f"ResNet needs 4 block counts and 4 plane widths, got {block_counts} and {planes}."
             )
+        plan = layer_dilations(output_stride)
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.conv1 = make_conv(3, stem_channels, 7, stride=2, **kw)
         self.bn1 = make_batch_norm(stem_channels, **kw)
         in_channels, total_stride, strides = stem_channels, 4, []
         prev_dilation = 1
         for index, ((stride, dilation), count, width) in enumerate(
-            zip(layer_dilations(output_stride), block_counts, planes, strict=True)
+            zip(plan, block_counts, planes, strict=True)
         ):
-            blocks = [
-                Bottleneck(in_channels, width, stride=stride, dilation=prev_dilation, **kw)
-            ]
+            blocks = [Bottleneck(in_channels, width, stride=stride, dilation=prev_dilation, **kw)]
             in_channels = width * Bottleneck.expansion
             blocks += [
                 Bottleneck(in_channels, width, dilation=dilation, **kw) for _ in range(count - 1)

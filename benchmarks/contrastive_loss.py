@@ -1,0 +1,177 @@
+"""Speed and memory of the whole MS + CS contrastive loss (sampling included) against a matmul floor.
+
+Cases (4 scales, D=256, embeddings at strides 4, 8, 16, 32, float32, reference loss settings):
+  small:  B=2, 128x128, 10-25 classes per image, one group of 2
+  large:  B=8, 512x512, 10-25 classes per image, one group of 8
+  stress: B=16, 512x512, 3-6 large regions per image, one group of 16 (the 10000 cap binds at
+          strides 4 and 8)
+For each: median forward and forward+backward times, XLA's planned memory (temporaries; and the
+peak = arguments + outputs + temporaries), the anchors per scale, and the matmul floor = the
+dominant matmuls' FLOPs (2*D*Ma*Mb per term, x3 for forward+backward) over a float32 matmul rate
+measured here on [4096,256] x [256,4096].
+
+    python benchmarks/contrastive_loss.py --cases small,large,stress --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from msc_seg.losses import contrastive_loss_for_batch, sample_batch_anchors
+
+NUM_CLASSES = 150
+STRIDES = (4, 8, 16, 32)
+DIM = 256
+SETTINGS = dict(
+    num_classes=NUM_CLASSES,
+    temperature=0.1,
+    scale_weights=(1.0, 0.7, 0.4, 0.1),
+    cross_scale=True,
+    w_high_low=1.0,
+    w_high_mid=1.0,
+    detach_coarse=False,
+    min_views=5,
+    max_views=2500,
+    max_total=10000,
+)
+CASES = {
+    "small": dict(batch=2, size=128, regions=(10, 25), group=2),
+    "large": dict(batch=8, size=512, regions=(10, 25), group=8),
+    "stress": dict(batch=16, size=512, regions=(3, 6), group=16),
+}
+
+
+def make_labels(rng: np.random.Generator, batch: int, size: int, regions: tuple[int, int]):
+    """Voronoi label maps: `regions` random cells per image, distinct random classes, and a thin
+    ignore border (-1), like a padded ADE20K crop. Returns int32 [B,size,size]."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    out = np.empty((batch, size, size), np.int32)
+    for n in range(batch):
+        k = int(rng.integers(regions[0], regions[1] + 1))
+        seeds = rng.uniform(0, size, (k, 2)).astype(np.float32)
+        weights = rng.uniform(0.5, 1.5, k).astype(np.float32)  # uneven cell sizes
+        dist = ((yy[None] - seeds[:, 0, None, None]) ** 2 + (xx[None] - seeds[:, 1, None, None]) ** 2)
+        cell = np.argmin(dist * weights[:, None, None], axis=0)
+        out[n] = rng.choice(NUM_CLASSES, k, replace=False)[cell]
+        out[n, -size // 16 :, :] = -1
+    return out
+
+
+def make_inputs(case: dict, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    labels = make_labels(rng, case["batch"], case["size"], case["regions"])
+    embeddings = tuple(
+        jnp.asarray(rng.standard_normal((case["batch"], case["size"] // s, case["size"] // s, DIM),
+                                        dtype=np.float32))
+        for s in STRIDES
+    )
+    return embeddings, jnp.asarray(labels), jax.random.key(seed)
+
+
+def timed(fn, args, repeats: int) -> float:
+    jax.block_until_ready(fn(*args))  # compile + warm up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_rate() -> float:
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((4096, DIM), dtype=np.float32))
+    f = jax.jit(lambda x, y: x @ y.T)
+    t = min(timed(f, (a, a), 1) for _ in range(5))
+    return 2 * 4096 * 4096 * DIM / t
+
+
+def anchor_counts(labels, key, group: int) -> np.ndarray:
+    """Valid anchors per group and scale: int [G, S]."""
+    anchors = sample_batch_anchors(
+        labels,
+        key,
+        STRIDES,
+        images_per_group=group,
+        num_classes=NUM_CLASSES,
+        min_views=SETTINGS["min_views"],
+        max_views=SETTINGS["max_views"],
+        max_total=SETTINGS["max_total"],
+    )
+    return np.stack([np.asarray(a.valid).sum(-1) for a in anchors], axis=1)
+
+
+def memory(fn, args) -> tuple[float, float]:
+    stats = jax.jit(fn).lower(*args).compile().memory_analysis()
+    if stats is None:
+        return float("nan"), float("nan")
+    temp = stats.temp_size_in_bytes
+    peak = stats.argument_size_in_bytes + stats.output_size_in_bytes + temp
+    peak -= stats.alias_size_in_bytes
+    return temp / 2**20, peak / 2**20
+
+
+def run_case(name: str, repeats: int, rate: float, block: int, col_block: int) -> dict:
+    case = CASES[name]
+    embeddings, labels, key = make_inputs(case)
+    kw = dict(SETTINGS, images_per_group=case["group"], block_size=block, column_block_size=col_block)
+
+    def forward(e, lab, k):
+        return contrastive_loss_for_batch(e, lab, k, **kw)[0]
+
+    grad = jax.value_and_grad(forward)
+    counts = anchor_counts(labels, key, case["group"])
+    m = counts.astype(np.float64)
+    flops = 2 * DIM * np.sum(np.sum(m**2, axis=1) + m[:, 0] * m[:, 3] + m[:, 0] * m[:, 2])
+    args = (embeddings, labels, key)
+    fwd_t = timed(jax.jit(forward), args, repeats)
+    bwd_t = timed(jax.jit(grad), args, repeats)
+    fwd_temp, fwd_peak = memory(forward, args)
+    bwd_temp, bwd_peak = memory(grad, args)
+    return dict(
+        case=name,
+        anchors="/".join(str(int(c)) for c in counts.sum(0)),
+        fwd=fwd_t,
+        fwd_floor=flops / rate,
+        fwd_bwd=bwd_t,
+        fwd_bwd_floor=3 * flops / rate,
+        fwd_temp=fwd_temp,
+        bwd_temp=bwd_temp,
+        bwd_peak=bwd_peak,
+    )
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", default="small,large,stress")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--block-size", type=int, default=256)
+    parser.add_argument("--column-block-size", type=int, default=512)
+    args = parser.parse_args()
+    names = [c.strip() for c in args.cases.split(",") if c.strip()]
+    for n in names:
+        if n not in CASES:
+            parser.error(f"unknown case {n!r}; choose from {', '.join(CASES)}")
+    rate = matmul_rate()
+    print(f"device: {jax.devices()[0].device_kind}, {jax.device_count()} device(s); "
+          f"float32 matmul rate [4096,256]x[256,4096]: {rate / 1e9:.1f} GFLOP/s; "
+          f"block {args.block_size} x {args.column_block_size}\n")
+    print("| case | anchors s4/s8/s16/s32 | fwd s | fwd floor s | fwd ratio | fwd+bwd s "
+          "| fwd+bwd floor s | fwd+bwd ratio | fwd temp MiB | fwd+bwd temp MiB | fwd+bwd peak MiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for n in names:
+        repeats = max(1, args.repeats // 2) if n == "stress" else args.repeats
+        r = run_case(n, repeats, rate, args.block_size, args.column_block_size)
+        print(f"| {r['case']} | {r['anchors']} | {r['fwd']:.3f} | {r['fwd_floor']:.3f} | "
+              f"{r['fwd'] / r['fwd_floor']:.2f} | {r['fwd_bwd']:.3f} | {r['fwd_bwd_floor']:.3f} | "
+              f"{r['fwd_bwd'] / r['fwd_bwd_floor']:.2f} | {r['fwd_temp']:.0f} | "
+              f"{r['bwd_temp']:.0f} | {r['bwd_peak']:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

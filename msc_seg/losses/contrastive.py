@@ -1,0 +1,515 @@
+"""Multi-scale (MS) and cross-scale (CS) supervised contrastive losses of Pissas et al.
+
+Mirrors the reference `DenseContrastiveLossV2_ms.forward` with `DenseContrastiveLossV2`
+(`contrastive_loss`, `get_masks2`, `get_loss`) and the cross-scale `InfoNce_loss`
+(spec/method.md sections 6-8). For anchors i and contrast samples j (L2-normalised, eps 1e-12):
+
+    s_ij = z_i . z_j / tau,   neg_i = sum_k neg_ik exp(s_ik)
+    l_i  = -1/P_i sum_j pos_ij (s_ij - log(exp(s_ij) + neg_i)),   L = mean over all anchors of l_i
+
+Within a scale pos_ij = [y_i = y_j, i != j]; across scales (finest anchors against a coarse
+scale's samples) pos_ij = [y_i = y_j]. The same samples serve both. Deviations, on purpose:
+- An anchor without any positive gives 0 (the reference's within-scale loss gives NaN); an empty
+  anchor set gives 0 with zero gradients (the reference crashes).
+- Logits are shifted by the constant 1/tau (their upper bound), which is mathematically equal and
+  cannot overflow float32 whatever tau.
+
+Cost: the loss is computed in row blocks of `block_size` anchors against column tiles of
+`column_block_size` samples, only over the valid prefix of each anchor set (a dynamic trip count),
+so the work follows the number of sampled anchors, not the capacity. A custom VJP computes the
+gradient in the same blocked pass as the loss (three matmuls per term, no recomputation) and keeps
+only O(N*D) residuals: no float matrix larger than [block, N] per group is alive.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from msc_seg.losses.sampling import (
+    AnchorSet,
+    sample_batch_anchors,
+    sample_group_anchors,
+    split_groups,
+)
+
+_NORM_EPS = 1e-12  # torch.nn.functional.normalize default
+_TINY = 1e-30  # keeps log() finite for pathological tiny temperatures
+
+
+def _round_up(x: int, m: int) -> int:
+    return -(-x // m) * m
+
+
+def _block_length(n: int, target: int) -> int:
+    """Block length for n slots: a multiple of 8 in (target/2, target] dividing n if there is one
+    (no padding copy), else the multiple of 8 that tiles n with the least padding."""
+    target = max(8, min(target, _round_up(n, 8)))
+    for length in range(target - target % 8, target // 2, -8):
+        if n % length == 0:
+            return length
+    num_blocks = -(-n // target)
+    return _round_up(-(-n // num_blocks), 8)
+
+
+def _extent(valid: jax.Array) -> jax.Array:
+    """1 + the largest valid slot index over all groups (0 when nothing is valid). valid [G,N]."""
+    slots = jnp.arange(1, valid.shape[-1] + 1, dtype=jnp.int32)
+    return jnp.max(jnp.where(valid, slots, 0))
+
+
+def _pad_rows(x: jax.Array, size: int, value) -> jax.Array:
+    pad = size - x.shape[1]
+    if pad == 0:
+        return x
+    widths = [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2)
+    return jnp.pad(x, widths, constant_values=value)
+
+
+def _info_nce_blocked(
+    a, ya, va, b, yb, vb, temperature, exclude_self, block_rows, block_cols, with_grad, grad_b
+):
+    """Per-group loss [G] and, if with_grad, dloss/da [G,Na,D] and dloss/db [G,Nb,D].
+
+    a: float32 [G,Na,D] normalised anchors, ya int32 [G,Na], va bool [G,Na];
+    b, yb, vb: the contrast set, same layout with Nb slots.
+    """
+    num_groups, na, dim = a.shape
+    nb = b.shape[1]
+    br, bc = _block_length(na, block_rows), _block_length(nb, block_cols)
+    na_pad, nb_pad = _round_up(na, br), _round_up(nb, bc)
+    a_p, ya_p, va_p = _pad_rows(a, na_pad, 0.0), _pad_rows(ya, na_pad, -1), _pad_rows(va, na_pad, 0)
+    b_p, yb_p, vb_p = _pad_rows(b, nb_pad, 0.0), _pad_rows(yb, nb_pad, -1), _pad_rows(vb, nb_pad, 0)
+    inv_tau = 1.0 / temperature
+    num_anchors = jnp.sum(va, axis=1, dtype=jnp.float32)
+    inv_m = 1.0 / jnp.maximum(num_anchors, 1.0)  # [G]
+    num_row_blocks = (_extent(va) + br - 1) // br
+    num_col_tiles = (_extent(vb) + bc - 1) // bc
+    dslice = jax.lax.dynamic_slice_in_dim
+    dupdate = jax.lax.dynamic_update_slice_in_dim
+
+    def masks(ya_r, row0, t):
+        yb_t, vb_t = dslice(yb_p, t * bc, bc, 1), dslice(vb_p, t * bc, bc, 1)
+        same = ya_r[:, :, None] == yb_t[:, None, :]
+        col_ok = vb_t[:, None, :]
+        pos = same & col_ok
+        if exclude_self:
+            rows = row0 + jnp.arange(br, dtype=jnp.int32)
+            cols = t * bc + jnp.arange(bc, dtype=jnp.int32)
+            pos = pos & (rows[:, None] != cols[None, :])[None]
+        return pos, (~same) & col_ok
+
+    def row_block(r, carry):
+        buf, loss, da, db = carry
+        row0 = r * br
+        a_r, ya_r = dslice(a_p, row0, br, 1), dslice(ya_p, row0, br, 1)
+        w_r = dslice(va_p, row0, br, 1).astype(jnp.float32) * inv_m[:, None]
+
+        # Pass 1: logits (shifted by their bound 1/tau), negatives' sum, positives' logit sum.
+        def logits_pass(t, c):
+            buf, neg, pos_logit, num_pos = c
+            b_t = dslice(b_p, t * bc, bc, 1)
+            x = (jnp.einsum("gid,gjd->gij", a_r, b_t) - 1.0) * inv_tau
+            e = jnp.exp(x)
+            pos, negm = masks(ya_r, row0, t)
+            neg = neg + jnp.sum(jnp.where(negm, e, 0.0), axis=2)
+            pos_logit = pos_logit + jnp.sum(jnp.where(pos, x, 0.0), axis=2)
+            num_pos = num_pos + jnp.sum(pos, axis=2, dtype=jnp.float32)
+            return dupdate(buf, e, t * bc, 2), neg, pos_logit, num_pos
+
+        zeros = jnp.zeros((num_groups, br), jnp.float32)
+        buf, neg, pos_logit, num_pos = jax.lax.fori_loop(
+            0, num_col_tiles, logits_pass, (buf, zeros, zeros, zeros)
+        )
+
+        # Pass 2: the positive-specific denominators log(exp(s_ij) + neg_i).
+        def denominator_pass(t, c):
+            log_den, inv_den = c
+            e = dslice(buf, t * bc, bc, 2)
+            pos, _ = masks(ya_r, row0, t)
+            den = jnp.maximum(e + neg[:, :, None], _TINY)
+            log_den = log_den + jnp.sum(jnp.where(pos, jnp.log(den), 0.0), axis=2)
+            inv_den = inv_den + jnp.sum(jnp.where(pos, 1.0 / den, 0.0), axis=2)
+            return log_den, inv_den
+
+        log_den, inv_den = jax.lax.fori_loop(
+            0, num_col_tiles, denominator_pass, (zeros, zeros)
+        )
+        inv_p = 1.0 / jnp.maximum(num_pos, 1.0)
+        loss = loss + jnp.sum(w_r * (log_den - pos_logit) * inv_p, axis=1)
+        if not with_grad:
+            return buf, loss, da, db
+
+        # Pass 3: dL/ds, then the two gradient matmuls.
+        coef = (w_r * inv_p * inv_tau)[:, :, None]
+
+        def gradient_pass(t, c):
+            da_r, db = c
+            e = dslice(buf, t * bc, bc, 2)
+            pos, negm = masks(ya_r, row0, t)
+            den = jnp.maximum(e + neg[:, :, None], _TINY)
+            g = coef * jnp.where(pos, e / den - 1.0, jnp.where(negm, e * inv_den[:, :, None], 0.0))
+            b_t = dslice(b_p, t * bc, bc, 1)
+            da_r = da_r + jnp.einsum("gij,gjd->gid", g, b_t)
+            if grad_b:
+                db_t = dslice(db, t * bc, bc, 1) + jnp.einsum("gij,gid->gjd", g, a_r)
+                db = dupdate(db, db_t, t * bc, 1)
+            return da_r, db
+
+        da_r = jnp.zeros((num_groups, br, dim), jnp.float32)
+        da_r, db = jax.lax.fori_loop(0, num_col_tiles, gradient_pass, (da_r, db))
+        return buf, loss, dupdate(da, da_r, row0, 1), db
+
+    buf = jnp.zeros((num_groups, br, nb_pad), jnp.float32)
+    loss = jnp.zeros((num_groups,), jnp.float32)
+    da = jnp.zeros((num_groups, na_pad, dim), jnp.float32) if with_grad else None
+    db = jnp.zeros((num_groups, nb_pad, dim), jnp.float32) if with_grad and grad_b else None
+    _, loss, da, db = jax.lax.fori_loop(0, num_row_blocks, row_block, (buf, loss, da, db))
+    if not with_grad:
+        return loss, None, None
+    return loss, da[:, :na], None if db is None else db[:, :nb]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9, 10))
+def _info_nce(a, ya, va, b, yb, vb, temperature, exclude_self, block_rows, block_cols, grad_b):
+    loss, _, _ = _info_nce_blocked(
+        a, ya, va, b, yb, vb, temperature, exclude_self, block_rows, block_cols, False, grad_b
+    )
+    return loss
+
+
+def _info_nce_fwd(a, ya, va, b, yb, vb, temperature, exclude_self, block_rows, block_cols, grad_b):
+    loss, da, db = _info_nce_blocked(
+        a, ya, va, b, yb, vb, temperature, exclude_self, block_rows, block_cols, True, grad_b
+    )
+    return loss, (da, db)
+
+
+def _info_nce_bwd(temperature, exclude_self, block_rows, block_cols, grad_b, residuals, g):
+    da, db = residuals
+    scale = g[:, None, None]
+    return (scale * da, None, None, None if db is None else scale * db, None, None)
+
+
+_info_nce.defvjp(_info_nce_fwd, _info_nce_bwd)
+
+
+def info_nce_loss(
+    anchors: jax.Array,
+    anchor_labels: jax.Array,
+    anchor_valid: jax.Array,
+    contrast: jax.Array,
+    contrast_labels: jax.Array,
+    contrast_valid: jax.Array,
+    *,
+    temperature: float,
+    exclude_self: bool,
+    stop_contrast_gradient: bool = False,
+    block_size: int = 256,
+    column_block_size: int = 512,
+) -> jax.Array:
+    """The reference InfoNCE variant, per group, row-blocked, float32.
+
+    anchors: float [G,Na,D] L2-normalised; anchor_labels int32 [G,Na]; anchor_valid bool [G,Na];
+    contrast, contrast_labels, contrast_valid: [G,Nb,D], [G,Nb], [G,Nb].
+    exclude_self: within-scale form (pass the same arrays twice; the diagonal is no positive).
+    Returns float32 [G]: per group, the mean over valid anchors of l_i (0 without valid anchors).
+    """
+    return _info_nce(
+        anchors.astype(jnp.float32),
+        anchor_labels.astype(jnp.int32),
+        anchor_valid.astype(bool),
+        contrast.astype(jnp.float32),
+        contrast_labels.astype(jnp.int32),
+        contrast_valid.astype(bool),
+        float(temperature),
+        bool(exclude_self),
+        int(block_size),
+        int(column_block_size),
+        not stop_contrast_gradient,
+    )
+
+
+def _gather_normalised(features: jax.Array, anchors: AnchorSet) -> jax.Array:
+    """features [G,b,h,w,D] (any float dtype), anchor fields [G,N] -> float32 [G,N,D], unit rows."""
+    groups, b, h, w, dim = features.shape
+    image = jnp.arange(groups, dtype=jnp.int32)[:, None] * b + anchors.image  # [G,N]
+    flat = features.reshape(groups * b, h * w, dim)
+    vectors = flat.at[image, anchors.pixel].get(mode="promise_in_bounds").astype(jnp.float32)
+    # torch F.normalize: x / max(||x||, eps); the max inside the sqrt keeps the gradient finite.
+    norm = jnp.sqrt(jnp.maximum(jnp.sum(vectors * vectors, axis=-1, keepdims=True), _NORM_EPS**2))
+    return vectors / norm
+
+
+def _check_loss_args(num_scales: int, scale_weights: Sequence[float], temperature: float) -> None:
+    if num_scales < 1:
+        raise ValueError("contrastive loss: no embeddings given (the model returned none).")
+    if len(scale_weights) != num_scales:
+        raise ValueError(
+            f"loss.contrastive.scale_weights has {len(scale_weights)} entries but the model gives "
+            f"{num_scales} embedding scales; give one weight per scale, finest first."
+        )
+    if not temperature > 0:
+        raise ValueError(f"loss.contrastive.temperature must be > 0, got {temperature}.")
+
+
+def _grouped_multiscale_loss(
+    features,
+    anchors,
+    *,
+    temperature,
+    scale_weights,
+    cross_scale,
+    w_high_low,
+    w_high_mid,
+    detach_coarse,
+    block_size,
+    column_block_size,
+):
+    """features: tuple of [G,b,h_s,w_s,D]; anchors: tuple of AnchorSet with fields [G,N].
+
+    Returns (total [G], terms dict of [G] arrays)."""
+    num_scales = len(features)
+    _check_loss_args(num_scales, scale_weights, temperature)
+    kw = dict(temperature=temperature, block_size=block_size, column_block_size=column_block_size)
+    vectors = [_gather_normalised(f, a) for f, a in zip(features, anchors, strict=True)]
+    terms = {}
+    total = 0.0
+    for s, (z, anc) in enumerate(zip(vectors, anchors, strict=True)):
+        term = info_nce_loss(z, anc.label, anc.valid, z, anc.label, anc.valid, exclude_self=True, **kw)
+        terms[f"loss_ms/s{s}"] = term
+        total = total + scale_weights[s] * term
+    if cross_scale and num_scales > 1:
+        pairs = [("high_low", num_scales - 1, w_high_low)]
+        if num_scales > 2:
+            pairs.append(("high_mid", num_scales - 2, w_high_mid))
+        fine = anchors[0]
+        for name, s, weight in pairs:
+            coarse = vectors[s]
+            if detach_coarse:
+                coarse = jax.lax.stop_gradient(coarse)
+            term = info_nce_loss(
+                vectors[0],
+                fine.label,
+                fine.valid,
+                coarse,
+                anchors[s].label,
+                anchors[s].valid,
+                exclude_self=False,
+                stop_contrast_gradient=detach_coarse,
+                **kw,
+            )
+            terms[f"loss_cs/{name}"] = term
+            total = total + weight * term
+    return total, terms
+
+
+def _anchor_metrics(anchors: Sequence[AnchorSet]) -> dict[str, jax.Array]:
+    """Per-scale anchor statistics, averaged over any leading group dimension."""
+    metrics = {}
+    for s, anc in enumerate(anchors):
+        metrics[f"num_anchors/s{s}"] = jnp.mean(jnp.sum(anc.valid, axis=-1, dtype=jnp.float32))
+        metrics[f"views_per_class/s{s}"] = jnp.mean(anc.views.astype(jnp.float32))
+        metrics[f"num_pairs/s{s}"] = jnp.mean(anc.num_pairs.astype(jnp.float32))
+    return metrics
+
+
+def _add_group_dim(tree):
+    return jax.tree.map(lambda x: x[None], tree)
+
+
+def multiscale_contrastive_loss(
+    features: Sequence[jax.Array],
+    anchors: Sequence[AnchorSet],
+    *,
+    temperature: float = 0.1,
+    scale_weights: Sequence[float] = (1.0, 0.7, 0.4, 0.1),
+    cross_scale: bool = True,
+    w_high_low: float = 1.0,
+    w_high_mid: float = 1.0,
+    detach_coarse: bool = False,
+    block_size: int = 256,
+    column_block_size: int = 512,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """MS + CS contrastive loss of one group for given anchors (reference `DenseContrastiveLossV2_ms`).
+
+    features: tuple of [b,h_s,w_s,D] (one group, finest first, any float dtype: the loss runs in
+    float32); anchors: tuple of AnchorSet (fields [N]) per scale, e.g. from `sample_group_anchors`
+    or the reference's samples via `pack_anchors`.
+    Loss = sum_s scale_weights[s] * L_s + w_high_low * L(0 -> S-1) + w_high_mid * L(0 -> S-2)
+    (the cross-scale terms need S >= 2 and S >= 3). detach_coarse stops the gradient into the coarse
+    samples of the cross-scale terms (reference `detach_deepest`).
+    Returns (loss, metrics): `loss_ms/s{i}`, `loss_cs/high_low`, `loss_cs/high_mid` (unweighted),
+    `loss_contrastive` (the weighted total), `num_anchors/s{i}`, `views_per_class/s{i}`,
+    `num_pairs/s{i}`.
+    """
+    total, terms = _grouped_multiscale_loss(
+        _add_group_dim(tuple(features)),
+        _add_group_dim(tuple(anchors)),
+        temperature=temperature,
+        scale_weights=tuple(scale_weights),
+        cross_scale=cross_scale,
+        w_high_low=w_high_low,
+        w_high_mid=w_high_mid,
+        detach_coarse=detach_coarse,
+        block_size=block_size,
+        column_block_size=column_block_size,
+    )
+    metrics = {k: v[0] for k, v in terms.items()}
+    metrics["loss_contrastive"] = total[0]
+    metrics.update(_anchor_metrics(anchors))
+    return total[0], metrics
+
+
+def _strides(embeddings: Sequence[jax.Array], labels: jax.Array) -> tuple[int, ...]:
+    height, width = labels.shape[-2:]
+    strides = []
+    for s, emb in enumerate(embeddings):
+        h, w = emb.shape[-3:-1]
+        stride = height // h if h else 0
+        if stride < 1 or h * stride != height or w * stride != width:
+            raise ValueError(
+                f"contrastive loss: embedding scale {s} is {h}x{w} but the labels are "
+                f"{height}x{width}, not an integer multiple; make the input size a multiple of the "
+                f"model's largest stride (32 for the 4-scale models)."
+            )
+        strides.append(stride)
+    return tuple(strides)
+
+
+def contrastive_loss_for_group(
+    embeddings: Sequence[jax.Array],
+    labels: jax.Array,
+    key: jax.Array,
+    *,
+    group_index=0,
+    num_classes: int,
+    temperature: float = 0.1,
+    scale_weights: Sequence[float] = (1.0, 0.7, 0.4, 0.1),
+    cross_scale: bool = True,
+    w_high_low: float = 1.0,
+    w_high_mid: float = 1.0,
+    detach_coarse: bool = False,
+    min_views: int = 5,
+    max_views: int = 2500,
+    max_total: int = 10000,
+    block_size: int = 256,
+    column_block_size: int = 512,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Sample + MS/CS loss of one group: what one reference GPU computes.
+
+    embeddings: tuple of [b,h_s,w_s,D], finest first; labels int32 [b,H,W] (-1 ignore); key: the
+    step's key; group_index: the group's global index (e.g. `lax.axis_index` under pmap or
+    shard_map), so that the samples match `contrastive_loss_for_batch`.
+    """
+    anchors = sample_group_anchors(
+        labels,
+        key,
+        _strides(embeddings, labels),
+        group_index=group_index,
+        num_classes=num_classes,
+        min_views=min_views,
+        max_views=max_views,
+        max_total=max_total,
+    )
+    return multiscale_contrastive_loss(
+        embeddings,
+        anchors,
+        temperature=temperature,
+        scale_weights=scale_weights,
+        cross_scale=cross_scale,
+        w_high_low=w_high_low,
+        w_high_mid=w_high_mid,
+        detach_coarse=detach_coarse,
+        block_size=block_size,
+        column_block_size=column_block_size,
+    )
+
+
+def _merge_groups(anchors: AnchorSet, images_per_group: int) -> AnchorSet:
+    """[G,N] anchor sets -> one [1,G*N] set over all G*b images, valid slots first."""
+    groups, capacity = anchors.valid.shape
+    offset = (jnp.arange(groups, dtype=jnp.int32) * images_per_group)[:, None]
+    flat = lambda x: x.reshape(1, groups * capacity)
+    valid = flat(anchors.valid)
+    order = jnp.argsort(~valid, axis=1, stable=True)  # compacts the valid slots into a prefix
+    take = lambda x: jnp.take_along_axis(flat(x), order, axis=1)
+    return AnchorSet(
+        pixel=take(anchors.pixel),
+        image=take(anchors.image + offset),
+        label=take(anchors.label),
+        valid=take(anchors.valid),
+        num_pairs=jnp.sum(anchors.num_pairs)[None],
+        views=jnp.max(anchors.views)[None],
+    )
+
+
+def contrastive_loss_for_batch(
+    embeddings: Sequence[jax.Array],
+    labels: jax.Array,
+    key: jax.Array,
+    *,
+    images_per_group: int,
+    gather_all_groups: bool = False,
+    num_classes: int,
+    temperature: float = 0.1,
+    scale_weights: Sequence[float] = (1.0, 0.7, 0.4, 0.1),
+    cross_scale: bool = True,
+    w_high_low: float = 1.0,
+    w_high_mid: float = 1.0,
+    detach_coarse: bool = False,
+    min_views: int = 5,
+    max_views: int = 2500,
+    max_total: int = 10000,
+    block_size: int = 256,
+    column_block_size: int = 512,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """MS + CS contrastive loss of a global batch, per group of `images_per_group` images.
+
+    embeddings: tuple of [B,h_s,w_s,D] (any float dtype; computed in float32), finest first;
+    labels: int32 [B,H,W] at input resolution, -1 = ignore; the stride of scale s is H // h_s.
+    The batch is split into G = B // images_per_group groups (the reference's per-GPU batches);
+    group g at scale s is sampled with `anchor_key(key, g, s)`; each group is contrasted on its own
+    and the result is the mean over groups, whatever the device count. gather_all_groups=True
+    samples per group the same way, then contrasts all groups' anchors together (negatives from
+    every device). Returns (loss, metrics) as `multiscale_contrastive_loss`, metrics averaged over
+    groups (before the config's overall `weight`).
+    """
+    embeddings = tuple(embeddings)
+    strides = _strides(embeddings, labels)
+    anchors = sample_batch_anchors(
+        labels,
+        key,
+        strides,
+        images_per_group=images_per_group,
+        num_classes=num_classes,
+        min_views=min_views,
+        max_views=max_views,
+        max_total=max_total,
+    )
+    if gather_all_groups:
+        features = tuple(e[None] for e in embeddings)
+        contrast_anchors = tuple(_merge_groups(a, images_per_group) for a in anchors)
+    else:
+        features = tuple(split_groups(e, images_per_group, "embedding batch") for e in embeddings)
+        contrast_anchors = anchors
+    total, terms = _grouped_multiscale_loss(
+        features,
+        contrast_anchors,
+        temperature=temperature,
+        scale_weights=tuple(scale_weights),
+        cross_scale=cross_scale,
+        w_high_low=w_high_low,
+        w_high_mid=w_high_mid,
+        detach_coarse=detach_coarse,
+        block_size=block_size,
+        column_block_size=column_block_size,
+    )
+    loss = jnp.mean(total)
+    metrics = {k: jnp.mean(v) for k, v in terms.items()}
+    metrics["loss_contrastive"] = loss
+    metrics.update(_anchor_metrics(anchors))
+    return loss, metrics

@@ -1,0 +1,59 @@
+"""Per-scale contrastive projector (spec section 3, reference `models/Projector.py`).
+
+[B,h,w,c] -> [B,h,w,D]: Conv1x1(c->c, no bias) -> ReLU -> BatchNorm(PyTorch momentum 0.0003)
+-> Conv1x1(c->D, bias). Note the order: the BN comes *after* the ReLU, as in the reference.
+No L2 normalisation here: the loss normalises the sampled vectors.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from msc_seg.models.layers import TORCH_BN_EPS, flax_momentum, kaiming_normal_fan_out
+
+PROJECTOR_TORCH_BN_MOMENTUM = 0.0003
+
+
+class Projector(nnx.Module):
+    """One projector per scale (no sharing). Parameters: `conv1`, `norm`, `conv2`."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int = 256,
+        *,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.conv1 = nnx.Conv(
+            in_channels,
+            in_channels,
+            (1, 1),
+            use_bias=False,
+            kernel_init=kaiming_normal_fan_out,
+            **kw,
+        )
+        self.norm = nnx.BatchNorm(
+            in_channels,
+            momentum=flax_momentum(PROJECTOR_TORCH_BN_MOMENTUM),
+            epsilon=TORCH_BN_EPS,
+            **kw,
+        )
+        self.conv2 = nnx.Conv(
+            in_channels,
+            out_channels,
+            (1, 1),
+            use_bias=True,
+            kernel_init=kaiming_normal_fan_out,
+            bias_init=nnx.initializers.zeros_init(),
+            **kw,
+        )
+
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        x = jax.nn.relu(self.conv1(x))
+        x = self.norm(x, use_running_average=not train)
+        return self.conv2(x)

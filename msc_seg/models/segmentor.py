@@ -1,0 +1,183 @@
+"""Segmentors: backbone + decode head (+ aux head) (+ per-scale projectors) -> SegOutputs.
+
+`make_segmentor(name, ...)` builds one by registry name. The heads compute logits at their own
+stride; the segmentor upsamples them bilinearly to the input size and returns float32.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from msc_seg.models.fcn_head import FCNHead
+from msc_seg.models.layers import resize_bilinear
+from msc_seg.models.outputs import SegOutputs
+from msc_seg.models.projector import Projector
+from msc_seg.models.swin import make_swin
+from msc_seg.models.uper_head import UPerHead
+
+PROJECTOR_POSITIONS = ("fpn", "backbone")
+
+
+class UPerNetSegmentor(nnx.Module):
+    """UPerNet (mmseg/HF style) on a Swin backbone.
+
+    images [B,H,W,3] (H, W multiples of 32) -> SegOutputs with
+      logits / aux_logits float32 [B,H,W,num_classes];
+      embeddings: () unless `return_embeddings`, else 4 float32 maps [B,H/2^(s+2),W/2^(s+2),D],
+      finest first, projected from the FPN outputs [P2..P5] (`projector_position="fpn"`, the
+      released ADE20K config) or from the raw backbone stages (`"backbone"`).
+
+    Submodules (parameter path roots): `backbone`, `decode_head`, `auxiliary_head` (when
+    use_aux), `projectors` (when use_projectors).
+    aux_in_index: backbone stage fed to the aux head (mmseg/HF 2; the reference uses 3).
+    dtype: compute dtype (bfloat16 allowed); parameters stay in param_dtype.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        backbone: str = "swin_t",
+        decoder_channels: int = 512,
+        aux_channels: int = 256,
+        aux_in_index: int = 2,
+        dropout: float = 0.1,
+        drop_path_rate: float = 0.3,
+        window_size: int | None = None,
+        pool_scales: tuple[int, ...] = (1, 2, 3, 6),
+        align_corners: bool = False,
+        projector_position: str = "fpn",
+        embedding_dim: int = 256,
+        use_aux: bool = True,
+        use_projectors: bool = True,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        if projector_position not in PROJECTOR_POSITIONS:
+            raise ValueError(
+                f"UPerNetSegmentor: projector_position={projector_position!r} is not one of "
+                f"{PROJECTOR_POSITIONS} (set model.projector_position)"
+            )
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.dtype = dtype
+        self.align_corners = align_corners
+        self.projector_position = projector_position
+        self.aux_in_index = aux_in_index
+        self.backbone = make_swin(
+            backbone, drop_path_rate=drop_path_rate, window_size=window_size, **kw
+        )
+        stage_channels = self.backbone.out_channels
+        if not -len(stage_channels) <= aux_in_index < len(stage_channels):
+            raise ValueError(
+                f"UPerNetSegmentor: aux_in_index={aux_in_index} is out of range for "
+                f"{len(stage_channels)} backbone stages (set model.aux_in_index to 0..3)"
+            )
+        self.decode_head = UPerHead(
+            stage_channels,
+            num_classes,
+            channels=decoder_channels,
+            pool_scales=pool_scales,
+            dropout=dropout,
+            align_corners=align_corners,
+            **kw,
+        )
+        self.auxiliary_head = (
+            FCNHead(
+                stage_channels[aux_in_index],
+                num_classes,
+                channels=aux_channels,
+                dropout=dropout,
+                **kw,
+            )
+            if use_aux
+            else None
+        )
+        tap_channels = (
+            (decoder_channels,) * len(stage_channels)
+            if projector_position == "fpn"
+            else stage_channels
+        )
+        self.projectors = (
+            nnx.List([Projector(c, embedding_dim, **kw) for c in tap_channels])
+            if use_projectors
+            else None
+        )
+
+    def _upsample(self, logits: jax.Array, size) -> jax.Array:
+        return resize_bilinear(logits.astype(jnp.float32), size, align_corners=self.align_corners)
+
+    def __call__(
+        self, images: jax.Array, *, train: bool = False, return_embeddings: bool = False
+    ) -> SegOutputs:
+        size = images.shape[1:3]
+        feats = self.backbone(images.astype(self.dtype), train=train)
+        logits, fpn_outs = self.decode_head(feats, train=train)
+        aux = None
+        if self.auxiliary_head is not None:
+            aux = self._upsample(self.auxiliary_head(feats[self.aux_in_index], train=train), size)
+        embeddings: tuple[jax.Array, ...] = ()
+        if return_embeddings:
+            if self.projectors is None:
+                raise ValueError(
+                    "UPerNetSegmentor: return_embeddings=True but the model was built with "
+                    "use_projectors=False (enable the contrastive loss's projectors)"
+                )
+            taps = fpn_outs if self.projector_position == "fpn" else feats
+            embeddings = tuple(
+                proj(t, train=train).astype(jnp.float32)
+                for proj, t in zip(self.projectors, taps, strict=True)
+            )
+        return SegOutputs(self._upsample(logits, size), aux, embeddings)
+
+
+# name -> factory(*, num_classes, rngs, **kwargs), or "module:attribute" imported on first use
+# (lazy, so that model files can import this package without an import cycle).
+SEGMENTORS: dict[str, Callable[..., nnx.Module] | str] = {
+    "upernet": UPerNetSegmentor,
+    "deeplabv3": "msc_seg.models.deeplab:DeepLabV3Segmentor",
+    "hrnet": "msc_seg.models.hrnet_seg:HRNetSegmentor",
+    "ocrnet": "msc_seg.models.hrnet_seg:OCRNetSegmentor",
+}
+
+
+def register_segmentor(name: str, factory: Callable[..., nnx.Module] | str) -> None:
+    """Add a segmentor factory `factory(*, num_classes, rngs, **kwargs)` (or its
+    "module:attribute" path) under `name`."""
+    SEGMENTORS[name] = factory
+
+
+def _resolve(name: str) -> Callable[..., nnx.Module]:
+    factory = SEGMENTORS[name]
+    if isinstance(factory, str):
+        module_name, _, attr = factory.partition(":")
+        factory = getattr(importlib.import_module(module_name), attr)
+        SEGMENTORS[name] = factory
+    return factory
+
+
+def make_segmentor(name: str, *, num_classes: int, rngs: nnx.Rngs, **kwargs) -> nnx.Module:
+    """Build the segmentor registered as `name` (e.g. "upernet"); kwargs go to its constructor."""
+    if name not in SEGMENTORS:
+        raise ValueError(
+            f"unknown segmentor {name!r}; known: {sorted(SEGMENTORS)} (set model.name)"
+        )
+    return _resolve(name)(num_classes=num_classes, rngs=rngs, **kwargs)
+
+
+def count_params(model: nnx.Module) -> dict[str, int]:
+    """Number of nnx.Param scalars per top-level submodule, plus "total".
+
+    Works on abstract models from `nnx.eval_shape` (only shapes are read)."""
+    counts: dict[str, int] = {}
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        n = int(np.prod(var.get_value().shape))
+        counts[str(path[0])] = counts.get(str(path[0]), 0) + n
+    counts["total"] = sum(counts.values())
+    return counts

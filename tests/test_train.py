@@ -1,0 +1,177 @@
+"""End to end: train steps on 8 CPU devices, resume after SIGTERM, eval-only, bad workdirs, NaN guard.
+
+All runs use a micro UPerNet-Swin on 64x64 crops of the demo dataset, built once per module.
+"""
+
+import json
+import os
+import pathlib
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from msc_seg import config_lib, evaluate, train
+from msc_seg.data import pipeline, registry
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tfds")
+    pipeline.prepare_dataset(registry.get_dataset_spec("demo"), str(d))
+    return str(d)
+
+
+def micro_config(data_dir, **overrides):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("demo_cfg", ROOT / "configs" / "demo.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = mod.get_config("steps=2")
+    c.dataset.data_dir = data_dir
+    c.dataset.crop_size = (64, 64)
+    c.dataset.shuffle_buffer = 16
+    c.model.decoder_channels = 16
+    c.model.aux_channels = 8
+    c.model.embedding_dim = 16
+    c.loss.contrastive.weight = 0.0
+    c.log_every_steps = 1
+    c.eval_every_steps = 1000
+    c.checkpoint_every_steps = 1000
+    c.eval.batch_size = 8
+    c.eval.max_examples = 16
+    c.schedule.warmup_steps = 1
+    for k, v in overrides.items():
+        node = c
+        *parents, leaf = k.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = v
+    c.lock()
+    return c
+
+
+def params_of(workdir, config):
+    run = train.setup_run(config, workdir, for_training=False)
+    try:
+        state, step = run.checkpointer.restore(run.abstract_state)
+        return jax.device_get(state), step
+    finally:
+        run.close()
+
+
+def test_two_train_steps_on_eight_devices_write_logs_checkpoint_and_eval(data_dir, tmp_path):
+    assert jax.device_count() == 8
+    config = micro_config(data_dir)
+    results = train.train_and_evaluate(config, tmp_path)
+    assert np.isfinite(results["mIoU"]) and results["step"] == 2
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train_lines = [x for x in lines if "loss" in x]
+    assert [x["step"] for x in train_lines] == [1, 2]
+    assert all(np.isfinite(x["loss"]) and x["loss_ce"] > 0 for x in train_lines)
+    assert json.loads((tmp_path / "config.json").read_text())["total_steps"] == 2
+    assert list(tmp_path.glob("events.out.tfevents.*")), "no TensorBoard event file"
+    assert (tmp_path / "checkpoints" / "2").is_dir()
+    table = json.loads((tmp_path / "eval_2.json").read_text())
+    assert table["mIoU"] == pytest.approx(results["mIoU"])
+    assert len(table["per_class"]) == 8
+
+
+def _sigterm_after(n_batches, monkeypatch):
+    """Makes the train iterator send this process SIGTERM after yielding n_batches batches."""
+    real = pipeline.make_train_iterator
+
+    def wrapped(*args, **kwargs):
+        it = real(*args, **kwargs)
+
+        def gen():
+            for i, batch in enumerate(it):
+                yield batch
+                if i + 1 == n_batches:
+                    os.kill(os.getpid(), signal.SIGTERM)
+
+        return gen()
+
+    monkeypatch.setattr(pipeline, "make_train_iterator", wrapped)
+
+
+def test_run_stopped_by_sigterm_resumes_at_the_saved_step_with_the_same_state(
+    data_dir, tmp_path, monkeypatch
+):
+    config = micro_config(data_dir, total_steps=4)
+    unbroken = tmp_path / "unbroken"
+    train.train_and_evaluate(config, unbroken)
+
+    broken = tmp_path / "broken"
+    with monkeypatch.context() as m:
+        _sigterm_after(2, m)
+        train.train_and_evaluate(config, broken)
+    saved, step = params_of(broken, config)
+    assert step == 2 and int(saved.step) == 2
+    assert not (broken / "checkpoints" / "4").exists()
+
+    results = train.train_and_evaluate(config, broken)  # resumes at 2, runs 3 and 4
+    assert results["step"] == 4
+    lines = [json.loads(x) for x in (broken / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if "loss" in x] == [1, 2, 3, 4]
+    a, _ = params_of(unbroken, config)
+    b, _ = params_of(broken, config)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-7)
+
+
+def test_eval_only_on_the_final_checkpoint_reproduces_the_training_miou(data_dir, tmp_path):
+    config = micro_config(data_dir)
+    trained = train.train_and_evaluate(config, tmp_path)
+    again = evaluate.evaluate_checkpoint(config, tmp_path, "latest")
+    assert again["mIoU"] == trained["mIoU"]
+    np.testing.assert_array_equal(again["confusion_matrix"], trained["confusion_matrix"])
+
+
+def test_resume_on_a_different_device_count(data_dir, tmp_path, monkeypatch):
+    config8 = micro_config(data_dir, total_steps=3)
+    with monkeypatch.context() as m:
+        _sigterm_after(1, m)
+        train.train_and_evaluate(config8, tmp_path)
+    config2 = micro_config(data_dir, total_steps=3, **{"mesh.data": 2})
+    results = train.train_and_evaluate(config2, tmp_path)
+    assert results["step"] == 3
+    state, _ = params_of(tmp_path, config2)
+    assert int(state.step) == 3
+
+
+def test_workdir_holding_another_configs_checkpoints_is_refused(data_dir, tmp_path):
+    train.train_and_evaluate(micro_config(data_dir), tmp_path)
+    other = micro_config(data_dir, **{"model.decoder_channels": 32})
+    with pytest.raises(train.WorkdirMismatchError, match="model.decoder_channels"):
+        train.train_and_evaluate(other, tmp_path)
+    assert (tmp_path / "checkpoints" / "2").is_dir()  # nothing was lost
+
+
+def test_changing_a_non_structural_field_keeps_the_old_config_json(data_dir, tmp_path):
+    train.train_and_evaluate(micro_config(data_dir), tmp_path)
+    train.train_and_evaluate(micro_config(data_dir, total_steps=3), tmp_path)
+    kept = list(tmp_path.glob("config.*.json"))
+    assert len(kept) == 1 and json.loads(kept[0].read_text())["total_steps"] == 2
+    assert json.loads((tmp_path / "config.json").read_text())["total_steps"] == 3
+
+
+def test_non_finite_loss_stops_with_the_step_number_and_saves_nothing(data_dir, tmp_path):
+    config = micro_config(data_dir, total_steps=6, **{"optimizer.learning_rate": 1e30,
+                                                    "schedule.warmup_steps": 0})
+    with pytest.raises(train.NonFiniteLossError, match=r"at step \d+") as e:
+        train.train_and_evaluate(config, tmp_path)
+    assert "nothing was saved" in str(e.value)
+    ckpts = tmp_path / "checkpoints"
+    assert not ckpts.exists() or not any(ckpts.iterdir())
+
+
+def test_validation_error_names_the_field_before_anything_runs(data_dir, tmp_path):
+    config = micro_config(data_dir, batch_size=12)
+    with pytest.raises(config_lib.ConfigError, match="batch_size"):
+        train.train_and_evaluate(config, tmp_path)
+    assert not (tmp_path / "config.json").exists()
