@@ -1,4 +1,4 @@
-"""Speed and memory of the whole MS + CS contrastive loss (sampling included) against a matmul floor.
+"""Speed and memory of the whole MS + CS contrastive loss (sampling included) vs a matmul floor.
 
 Cases (4 scales, D=256, embeddings at strides 4, 8, 16, 32, float32, reference loss settings):
   small:  B=2, 128x128, 10-25 classes per image, one group of 2
@@ -41,34 +41,49 @@ SETTINGS = dict(
     max_total=10000,
 )
 CASES = {
-    "small": dict(batch=2, size=128, regions=(10, 25), group=2),
-    "large": dict(batch=8, size=512, regions=(10, 25), group=8),
-    "stress": dict(batch=16, size=512, regions=(3, 6), group=16),
+    "small": dict(batch=2, size=128, regions=(10, 25), layout="voronoi", group=2),
+    "large": dict(batch=8, size=512, regions=(10, 25), layout="voronoi", group=8),
+    "stress": dict(batch=16, size=512, regions=(3, 6), layout="stripes", group=16),
 }
 
 
-def make_labels(rng: np.random.Generator, batch: int, size: int, regions: tuple[int, int]):
-    """Voronoi label maps: `regions` random cells per image, distinct random classes, and a thin
-    ignore border (-1), like a padded ADE20K crop. Returns int32 [B,size,size]."""
+def make_labels(rng: np.random.Generator, batch: int, size: int, case: dict) -> np.ndarray:
+    """int32 [B,size,size] label maps with distinct random classes per image and a thin ignore
+    band (-1) at the bottom, like a padded ADE20K crop.
+
+    "voronoi": `regions` random cells of uneven size (small cells make V small, as in ADE20K);
+    "stripes": `regions` vertical stripes of 0.6-1.4x the mean width (every class is large).
+    """
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     out = np.empty((batch, size, size), np.int32)
+    low, high = case["regions"]
     for n in range(batch):
-        k = int(rng.integers(regions[0], regions[1] + 1))
-        seeds = rng.uniform(0, size, (k, 2)).astype(np.float32)
-        weights = rng.uniform(0.5, 1.5, k).astype(np.float32)  # uneven cell sizes
-        dist = ((yy[None] - seeds[:, 0, None, None]) ** 2 + (xx[None] - seeds[:, 1, None, None]) ** 2)
-        cell = np.argmin(dist * weights[:, None, None], axis=0)
-        out[n] = rng.choice(NUM_CLASSES, k, replace=False)[cell]
+        k = int(rng.integers(low, high + 1))
+        if case["layout"] == "stripes":
+            widths = rng.uniform(0.6, 1.4, k)
+            edges = np.round(np.cumsum(widths) / widths.sum() * size).astype(int)
+            cell = np.searchsorted(edges, xx.astype(int), side="right")
+        else:
+            seeds = rng.uniform(0, size, (k, 2)).astype(np.float32)
+            weights = rng.uniform(0.5, 1.5, k).astype(np.float32)  # uneven cell sizes
+            dist = (yy[None] - seeds[:, 0, None, None]) ** 2 + (
+                xx[None] - seeds[:, 1, None, None]
+            ) ** 2
+            cell = np.argmin(dist * weights[:, None, None], axis=0)
+        out[n] = rng.choice(NUM_CLASSES, k, replace=False)[np.minimum(cell, k - 1)]
         out[n, -size // 16 :, :] = -1
     return out
 
 
 def make_inputs(case: dict, seed: int = 0):
     rng = np.random.default_rng(seed)
-    labels = make_labels(rng, case["batch"], case["size"], case["regions"])
+    labels = make_labels(rng, case["batch"], case["size"], case)
     embeddings = tuple(
-        jnp.asarray(rng.standard_normal((case["batch"], case["size"] // s, case["size"] // s, DIM),
-                                        dtype=np.float32))
+        jnp.asarray(
+            rng.standard_normal(
+                (case["batch"], case["size"] // s, case["size"] // s, DIM), dtype=np.float32
+            )
+        )
         for s in STRIDES
     )
     return embeddings, jnp.asarray(labels), jax.random.key(seed)
@@ -119,7 +134,9 @@ def memory(fn, args) -> tuple[float, float]:
 def run_case(name: str, repeats: int, rate: float, block: int, col_block: int) -> dict:
     case = CASES[name]
     embeddings, labels, key = make_inputs(case)
-    kw = dict(SETTINGS, images_per_group=case["group"], block_size=block, column_block_size=col_block)
+    kw = dict(
+        SETTINGS, images_per_group=case["group"], block_size=block, column_block_size=col_block
+    )
 
     def forward(e, lab, k):
         return contrastive_loss_for_batch(e, lab, k, **kw)[0]
@@ -158,19 +175,26 @@ def main():
         if n not in CASES:
             parser.error(f"unknown case {n!r}; choose from {', '.join(CASES)}")
     rate = matmul_rate()
-    print(f"device: {jax.devices()[0].device_kind}, {jax.device_count()} device(s); "
-          f"float32 matmul rate [4096,256]x[256,4096]: {rate / 1e9:.1f} GFLOP/s; "
-          f"block {args.block_size} x {args.column_block_size}\n")
-    print("| case | anchors s4/s8/s16/s32 | fwd s | fwd floor s | fwd ratio | fwd+bwd s "
-          "| fwd+bwd floor s | fwd+bwd ratio | fwd temp MiB | fwd+bwd temp MiB | fwd+bwd peak MiB |")
+    print(
+        f"device: {jax.devices()[0].device_kind}, {jax.device_count()} device(s); "
+        f"float32 matmul rate [4096,256]x[256,4096]: {rate / 1e9:.1f} GFLOP/s; "
+        f"block {args.block_size} x {args.column_block_size}\n"
+    )
+    print(
+        "| case | anchors s4/s8/s16/s32 | fwd s | fwd floor s | fwd ratio | fwd+bwd s "
+        "| fwd+bwd floor s | fwd+bwd ratio | fwd temp MiB | fwd+bwd temp MiB | fwd+bwd peak MiB |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for n in names:
         repeats = max(1, args.repeats // 2) if n == "stress" else args.repeats
         r = run_case(n, repeats, rate, args.block_size, args.column_block_size)
-        print(f"| {r['case']} | {r['anchors']} | {r['fwd']:.3f} | {r['fwd_floor']:.3f} | "
-              f"{r['fwd'] / r['fwd_floor']:.2f} | {r['fwd_bwd']:.3f} | {r['fwd_bwd_floor']:.3f} | "
-              f"{r['fwd_bwd'] / r['fwd_bwd_floor']:.2f} | {r['fwd_temp']:.0f} | "
-              f"{r['bwd_temp']:.0f} | {r['bwd_peak']:.0f} |", flush=True)
+        print(
+            f"| {r['case']} | {r['anchors']} | {r['fwd']:.3f} | {r['fwd_floor']:.3f} | "
+            f"{r['fwd'] / r['fwd_floor']:.2f} | {r['fwd_bwd']:.3f} | {r['fwd_bwd_floor']:.3f} | "
+            f"{r['fwd_bwd'] / r['fwd_bwd_floor']:.2f} | {r['fwd_temp']:.0f} | "
+            f"{r['bwd_temp']:.0f} | {r['bwd_peak']:.0f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

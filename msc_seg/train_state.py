@@ -74,11 +74,18 @@ def model_kwargs(config: ml_collections.ConfigDict, num_classes: int) -> dict[st
     return kwargs
 
 
-def make_model(config: ml_collections.ConfigDict, num_classes: int, seed: int) -> nnx.Module:
+def make_model(config: ml_collections.ConfigDict, num_classes: int, key: jax.Array) -> nnx.Module:
+    """The configured segmentor, initialised from `key`.
+
+    Under tracing (jit / eval_shape) only the key is traced: the RNG stream counters are kept
+    concrete (`ensure_compile_time_eval`), otherwise flax's tracer checks on every counter update
+    make building a large model take tens of seconds.
+    """
     from msc_seg.models.segmentor import make_segmentor
 
-    rngs = nnx.Rngs(params=seed, dropout=seed + 1)
-    return make_segmentor(config.model.name, rngs=rngs, **model_kwargs(config, num_classes))
+    with jax.ensure_compile_time_eval():
+        rngs = nnx.Rngs(params=key, dropout=jax.random.fold_in(key, 1))
+        return make_segmentor(config.model.name, rngs=rngs, **model_kwargs(config, num_classes))
 
 
 def split_model(model: nnx.Module):
@@ -94,16 +101,16 @@ def make_state_factory(
     tx_builder(params) -> optax.GradientTransformation (it needs params for the decay mask).
     The creator builds parameters directly on the devices, replicated over the mesh.
     """
-    seed = int(config.seed)
+    key = jax.random.key(int(config.seed))
 
-    def build() -> TrainState:
-        _, params, _, rest = split_model(make_model(config, num_classes, seed))
+    def build(key) -> TrainState:
+        _, params, _, rest = split_model(make_model(config, num_classes, key))
         return TrainState(
             step=jnp.zeros((), jnp.int32), params=params, rest=rest,
             opt_state=tx_builder(params).init(params),
         )
 
-    abstract_model = nnx.eval_shape(lambda: make_model(config, num_classes, seed))
+    abstract_model = nnx.eval_shape(lambda k: make_model(config, num_classes, k), key)
     graphdef, abs_params, rng, _ = split_model(abstract_model)
     # The RNG template must hold real keys (merge needs values); they are overwritten every step.
     rng = jax.tree.map(
@@ -112,13 +119,13 @@ def make_state_factory(
         rng,
     )
     replicated = mesh_lib.replicated_sharding(mesh)
-    abstract_state = jax.eval_shape(build)
+    abstract_state = jax.eval_shape(build, key)
     shardings = jax.tree.map(lambda _: replicated, abstract_state)
     abstract_state = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, shardings
     )
-    create = jax.jit(build, out_shardings=shardings)
-    return ModelDef(graphdef, rng), create, abstract_state
+    jitted = jax.jit(build, out_shardings=shardings)
+    return ModelDef(graphdef, rng), lambda: jitted(key), abstract_state
 
 
 def make_tx_builder(config: ml_collections.ConfigDict) -> Callable[[Any], optax.GradientTransformation]:

@@ -61,7 +61,7 @@ def make_train_step(
         new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
         metrics = dict(metrics)
         metrics["learning_rate"] = jnp.asarray(schedule(state.step), jnp.float32)
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["grad_norm"] = optax.tree.norm(grads)
         metrics["nonfinite"] = (~finite).astype(jnp.float32)
         return new_state, metrics
 

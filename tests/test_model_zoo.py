@@ -21,7 +21,7 @@ EPS = 1e-5
 
 
 # ------------------------------------------------------------------------------------------
-# helpers: random BN statistics, abstract builds, torch key names, numpy restatements
+# helpers: abstract and random-weight builds, torch key names, numpy restatements
 
 
 def build_abstract(factory):
@@ -42,7 +42,7 @@ def build_random(factory, seed: int = 0):
     """A concrete model with numpy-drawn weights and non-trivial BN statistics.
 
     Skips the XLA compiles of the initialisers (one per kernel shape, seconds each on CPU);
-    the real initialisers are exercised by ``test_tiny_segmentor_builds_with_its_initialisers``.
+    the real initialisers are exercised by ``test_backbone_initialisers_are_torchvision_like``.
     """
     graphdef, state = nnx.split(build_abstract(factory))
     rng = np.random.default_rng(seed)
@@ -80,7 +80,7 @@ def torch_keys(model: nnx.Module) -> set[str]:
     }
 
 
-def np_conv(x, w, *, stride=1, dilation=1, bias=None):
+def np_conv(x, w, *, stride=1, dilation=1):
     """torch Conv2d with padding dilation*(k-1)//2 on NHWC numpy arrays; w is [kh,kw,in,out]."""
     k = w.shape[0]
     pad = dilation * (k - 1) // 2
@@ -96,7 +96,7 @@ def np_conv(x, w, *, stride=1, dilation=1, bias=None):
                 j * dilation : j * dilation + stride * (wo - 1) + 1 : stride,
             ]
             out += patch @ w[i, j]
-    return out if bias is None else out + bias
+    return out
 
 
 def np_bn(x, bn, eps=EPS):

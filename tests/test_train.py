@@ -26,15 +26,17 @@ def data_dir(tmp_path_factory):
 
 
 def micro_config(data_dir, **overrides):
+    """A 4-step run of a micro UPerNet-Swin; every test uses the same program (one compile)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("demo_cfg", ROOT / "configs" / "demo.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    c = mod.get_config("steps=2")
+    c = mod.get_config("steps=4")
     c.dataset.data_dir = data_dir
     c.dataset.crop_size = (64, 64)
     c.dataset.shuffle_buffer = 16
+    c.model.backbone = "swin_micro_test"
     c.model.decoder_channels = 16
     c.model.aux_channels = 8
     c.model.embedding_dim = 16
@@ -64,25 +66,8 @@ def params_of(workdir, config):
         run.close()
 
 
-def test_two_train_steps_on_eight_devices_write_logs_checkpoint_and_eval(data_dir, tmp_path):
-    assert jax.device_count() == 8
-    config = micro_config(data_dir)
-    results = train.train_and_evaluate(config, tmp_path)
-    assert np.isfinite(results["mIoU"]) and results["step"] == 2
-    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    train_lines = [x for x in lines if "loss" in x]
-    assert [x["step"] for x in train_lines] == [1, 2]
-    assert all(np.isfinite(x["loss"]) and x["loss_ce"] > 0 for x in train_lines)
-    assert json.loads((tmp_path / "config.json").read_text())["total_steps"] == 2
-    assert list(tmp_path.glob("events.out.tfevents.*")), "no TensorBoard event file"
-    assert (tmp_path / "checkpoints" / "2").is_dir()
-    table = json.loads((tmp_path / "eval_2.json").read_text())
-    assert table["mIoU"] == pytest.approx(results["mIoU"])
-    assert len(table["per_class"]) == 8
-
-
-def _sigterm_after(n_batches, monkeypatch):
-    """Makes the train iterator send this process SIGTERM after yielding n_batches batches."""
+def _wrap_train_iterator(monkeypatch, hook):
+    """hook(i, batch) runs before the train iterator yields its i-th batch (0-based)."""
     real = pipeline.make_train_iterator
 
     def wrapped(*args, **kwargs):
@@ -90,81 +75,118 @@ def _sigterm_after(n_batches, monkeypatch):
 
         def gen():
             for i, batch in enumerate(it):
-                yield batch
-                if i + 1 == n_batches:
-                    os.kill(os.getpid(), signal.SIGTERM)
+                yield hook(i, batch) or batch
 
         return gen()
 
     monkeypatch.setattr(pipeline, "make_train_iterator", wrapped)
 
 
-def test_run_stopped_by_sigterm_resumes_at_the_saved_step_with_the_same_state(
-    data_dir, tmp_path, monkeypatch
-):
-    config = micro_config(data_dir, total_steps=4)
-    unbroken = tmp_path / "unbroken"
-    train.train_and_evaluate(config, unbroken)
+def _sigterm_after(n_steps, monkeypatch):
+    """Sends this process SIGTERM while the batch of step n_steps is fetched: the loop saves
+    after that step and stops, as on a real preemption."""
 
-    broken = tmp_path / "broken"
-    with monkeypatch.context() as m:
-        _sigterm_after(2, m)
-        train.train_and_evaluate(config, broken)
-    saved, step = params_of(broken, config)
-    assert step == 2 and int(saved.step) == 2
-    assert not (broken / "checkpoints" / "4").exists()
+    def hook(i, _):
+        if i + 1 == n_steps:
+            os.kill(os.getpid(), signal.SIGTERM)
 
-    results = train.train_and_evaluate(config, broken)  # resumes at 2, runs 3 and 4
-    assert results["step"] == 4
-    lines = [json.loads(x) for x in (broken / "metrics.jsonl").read_text().splitlines()]
-    assert [x["step"] for x in lines if "loss" in x] == [1, 2, 3, 4]
-    a, _ = params_of(unbroken, config)
-    b, _ = params_of(broken, config)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-7)
+    _wrap_train_iterator(monkeypatch, hook)
 
 
-def test_eval_only_on_the_final_checkpoint_reproduces_the_training_miou(data_dir, tmp_path):
+@pytest.fixture(scope="module")
+def unbroken(data_dir, tmp_path_factory):
+    """An uninterrupted 4-step run on 8 devices: (workdir, config, results)."""
+    workdir = tmp_path_factory.mktemp("unbroken")
     config = micro_config(data_dir)
-    trained = train.train_and_evaluate(config, tmp_path)
-    again = evaluate.evaluate_checkpoint(config, tmp_path, "latest")
+    return workdir, config, train.train_and_evaluate(config, workdir)
+
+
+def test_train_steps_on_eight_devices_write_logs_checkpoint_and_eval(unbroken):
+    workdir, _, results = unbroken
+    assert jax.device_count() == 8
+    assert np.isfinite(results["mIoU"]) and results["step"] == 4
+    lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    train_lines = [x for x in lines if "loss" in x]
+    assert [x["step"] for x in train_lines] == [1, 2, 3, 4]
+    assert all(np.isfinite(x["loss"]) and x["loss_ce"] > 0 for x in train_lines)
+    assert train_lines[0]["loss"] != train_lines[-1]["loss"]
+    assert json.loads((workdir / "config.json").read_text())["total_steps"] == 4
+    assert list(workdir.glob("events.out.tfevents.*")), "no TensorBoard event file"
+    assert (workdir / "checkpoints" / "4").is_dir()
+    assert (workdir / "best" / "4").is_dir()
+    table = json.loads((workdir / "eval_4.json").read_text())
+    assert table["mIoU"] == pytest.approx(results["mIoU"])
+    assert len(table["per_class"]) == 8
+
+
+def test_eval_only_on_the_final_checkpoint_reproduces_the_training_miou(unbroken):
+    workdir, config, trained = unbroken
+    again = evaluate.evaluate_checkpoint(config, workdir, "latest")
     assert again["mIoU"] == trained["mIoU"]
     np.testing.assert_array_equal(again["confusion_matrix"], trained["confusion_matrix"])
 
 
+def test_run_stopped_by_sigterm_resumes_at_the_saved_step_with_the_same_state(
+    unbroken, data_dir, tmp_path, monkeypatch
+):
+    unbroken_dir, config, _ = unbroken
+    with monkeypatch.context() as m:
+        _sigterm_after(2, m)
+        train.train_and_evaluate(config, tmp_path)
+    saved, step = params_of(tmp_path, config)
+    assert step == 2 and int(saved.step) == 2
+    assert not (tmp_path / "checkpoints" / "4").exists()
+
+    results = train.train_and_evaluate(config, tmp_path)  # resumes at 2, runs 3 and 4
+    assert results["step"] == 4
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if "loss" in x] == [1, 2, 3, 4]
+    a, _ = params_of(unbroken_dir, config)
+    b, _ = params_of(tmp_path, config)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+
+
 def test_resume_on_a_different_device_count(data_dir, tmp_path, monkeypatch):
-    config8 = micro_config(data_dir, total_steps=3)
     with monkeypatch.context() as m:
         _sigterm_after(1, m)
-        train.train_and_evaluate(config8, tmp_path)
-    config2 = micro_config(data_dir, total_steps=3, **{"mesh.data": 2})
+        train.train_and_evaluate(micro_config(data_dir), tmp_path)
+    config2 = micro_config(data_dir, **{"mesh.data": 2})
     results = train.train_and_evaluate(config2, tmp_path)
-    assert results["step"] == 3
+    assert results["step"] == 4
     state, _ = params_of(tmp_path, config2)
-    assert int(state.step) == 3
+    assert int(state.step) == 4
 
 
-def test_workdir_holding_another_configs_checkpoints_is_refused(data_dir, tmp_path):
-    train.train_and_evaluate(micro_config(data_dir), tmp_path)
+def test_workdir_holding_another_configs_checkpoints_is_refused(unbroken, data_dir):
+    workdir, _, _ = unbroken
+    before = sorted(p.name for p in (workdir / "checkpoints").iterdir())
     other = micro_config(data_dir, **{"model.decoder_channels": 32})
     with pytest.raises(train.WorkdirMismatchError, match="model.decoder_channels"):
-        train.train_and_evaluate(other, tmp_path)
-    assert (tmp_path / "checkpoints" / "2").is_dir()  # nothing was lost
+        train.train_and_evaluate(other, workdir)
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == before  # nothing lost
 
 
-def test_changing_a_non_structural_field_keeps_the_old_config_json(data_dir, tmp_path):
-    train.train_and_evaluate(micro_config(data_dir), tmp_path)
-    train.train_and_evaluate(micro_config(data_dir, total_steps=3), tmp_path)
+def test_changing_a_non_structural_field_keeps_the_old_config_json(data_dir, tmp_path, monkeypatch):
+    with monkeypatch.context() as m:
+        _sigterm_after(1, m)
+        train.train_and_evaluate(micro_config(data_dir), tmp_path)
+    train.train_and_evaluate(micro_config(data_dir, log_every_steps=3), tmp_path)
     kept = list(tmp_path.glob("config.*.json"))
-    assert len(kept) == 1 and json.loads(kept[0].read_text())["total_steps"] == 2
-    assert json.loads((tmp_path / "config.json").read_text())["total_steps"] == 3
+    assert len(kept) == 1 and json.loads(kept[0].read_text())["log_every_steps"] == 1
+    assert json.loads((tmp_path / "config.json").read_text())["log_every_steps"] == 3
 
 
-def test_non_finite_loss_stops_with_the_step_number_and_saves_nothing(data_dir, tmp_path):
-    config = micro_config(data_dir, total_steps=6, **{"optimizer.learning_rate": 1e30,
-                                                    "schedule.warmup_steps": 0})
-    with pytest.raises(train.NonFiniteLossError, match=r"at step \d+") as e:
-        train.train_and_evaluate(config, tmp_path)
+def test_non_finite_loss_stops_with_the_step_number_and_saves_nothing(
+    data_dir, tmp_path, monkeypatch
+):
+    def poison(i, batch):
+        if i == 1:  # the batch of step 2
+            return {**batch, "image": np.full_like(batch["image"], np.nan)}
+
+    _wrap_train_iterator(monkeypatch, poison)
+    with pytest.raises(train.NonFiniteLossError, match="at step 2") as e:
+        train.train_and_evaluate(micro_config(data_dir), tmp_path)
     assert "nothing was saved" in str(e.value)
     ckpts = tmp_path / "checkpoints"
     assert not ckpts.exists() or not any(ckpts.iterdir())

@@ -55,6 +55,25 @@ def _block_length(n: int, target: int) -> int:
     return _round_up(-(-n // num_blocks), 8)
 
 
+def _varying_axes(x: jax.Array) -> frozenset:
+    """The manual mesh axes x varies over inside `shard_map` (empty elsewhere)."""
+    aval = jax.typeof(x)
+    if hasattr(aval, "vma"):  # older jax
+        return frozenset(aval.vma)
+    manual = getattr(aval, "manual_axis_type", None)
+    return frozenset(getattr(manual, "varying", ()))
+
+
+def _varying_like(x: jax.Array, *refs: jax.Array) -> jax.Array:
+    """x marked as varying over every manual mesh axis any of refs varies over.
+
+    Under `shard_map` a loop carry that starts as a constant but is updated from per-device data
+    must be declared device-varying up front; elsewhere this is the identity.
+    """
+    missing = frozenset().union(*map(_varying_axes, refs)) - _varying_axes(x)
+    return jax.lax.pcast(x, tuple(sorted(missing)), to="varying") if missing else x
+
+
 def _extent(valid: jax.Array) -> jax.Array:
     """1 + the largest valid slot index over all groups (0 when nothing is valid). valid [G,N]."""
     slots = jnp.arange(1, valid.shape[-1] + 1, dtype=jnp.int32)
@@ -89,6 +108,8 @@ def _info_nce_blocked(
     num_row_blocks = (_extent(va) + br - 1) // br
     num_col_tiles = (_extent(vb) + bc - 1) // bc
     dslice = jax.lax.dynamic_slice_in_dim
+    inputs = (a, ya, va, b, yb, vb)
+    zeros = lambda shape: _varying_like(jnp.zeros(shape, jnp.float32), *inputs)
     dupdate = jax.lax.dynamic_update_slice_in_dim
 
     def masks(ya_r, row0, t):
@@ -109,6 +130,8 @@ def _info_nce_blocked(
         w_r = dslice(va_p, row0, br, 1).astype(jnp.float32) * inv_m[:, None]
 
         # Pass 1: logits (shifted by their bound 1/tau), negatives' sum, positives' logit sum.
+        # The buffer keeps exp(logit) signed by role: -e for a positive, +e for a negative, 0 for
+        # neither (self, invalid), so that passes 2 and 3 need no label masks.
         def logits_pass(t, c):
             buf, neg, pos_logit, num_pos = c
             b_t = dslice(b_p, t * bc, bc, 1)
@@ -118,25 +141,26 @@ def _info_nce_blocked(
             neg = neg + jnp.sum(jnp.where(negm, e, 0.0), axis=2)
             pos_logit = pos_logit + jnp.sum(jnp.where(pos, x, 0.0), axis=2)
             num_pos = num_pos + jnp.sum(pos, axis=2, dtype=jnp.float32)
-            return dupdate(buf, e, t * bc, 2), neg, pos_logit, num_pos
+            code = jnp.where(pos, -jnp.maximum(e, _TINY), jnp.where(negm, e, 0.0))
+            return dupdate(buf, code, t * bc, 2), neg, pos_logit, num_pos
 
-        zeros = jnp.zeros((num_groups, br), jnp.float32)
+        row_zeros = zeros((num_groups, br))
         buf, neg, pos_logit, num_pos = jax.lax.fori_loop(
-            0, num_col_tiles, logits_pass, (buf, zeros, zeros, zeros)
+            0, num_col_tiles, logits_pass, (buf, row_zeros, row_zeros, row_zeros)
         )
 
         # Pass 2: the positive-specific denominators log(exp(s_ij) + neg_i).
         def denominator_pass(t, c):
             log_den, inv_den = c
-            e = dslice(buf, t * bc, bc, 2)
-            pos, _ = masks(ya_r, row0, t)
-            den = jnp.maximum(e + neg[:, :, None], _TINY)
+            code = dslice(buf, t * bc, bc, 2)
+            pos = code < 0
+            den = jnp.maximum(neg[:, :, None] - code, _TINY)
             log_den = log_den + jnp.sum(jnp.where(pos, jnp.log(den), 0.0), axis=2)
             inv_den = inv_den + jnp.sum(jnp.where(pos, 1.0 / den, 0.0), axis=2)
             return log_den, inv_den
 
         log_den, inv_den = jax.lax.fori_loop(
-            0, num_col_tiles, denominator_pass, (zeros, zeros)
+            0, num_col_tiles, denominator_pass, (row_zeros, row_zeros)
         )
         inv_p = 1.0 / jnp.maximum(num_pos, 1.0)
         loss = loss + jnp.sum(w_r * (log_den - pos_logit) * inv_p, axis=1)
@@ -148,10 +172,10 @@ def _info_nce_blocked(
 
         def gradient_pass(t, c):
             da_r, db = c
-            e = dslice(buf, t * bc, bc, 2)
-            pos, negm = masks(ya_r, row0, t)
-            den = jnp.maximum(e + neg[:, :, None], _TINY)
-            g = coef * jnp.where(pos, e / den - 1.0, jnp.where(negm, e * inv_den[:, :, None], 0.0))
+            code = dslice(buf, t * bc, bc, 2)
+            pos = code < 0
+            den = jnp.maximum(neg[:, :, None] - code, _TINY)
+            g = coef * jnp.where(pos, -code / den - 1.0, code * inv_den[:, :, None])
             b_t = dslice(b_p, t * bc, bc, 1)
             da_r = da_r + jnp.einsum("gij,gjd->gid", g, b_t)
             if grad_b:
@@ -159,14 +183,14 @@ def _info_nce_blocked(
                 db = dupdate(db, db_t, t * bc, 1)
             return da_r, db
 
-        da_r = jnp.zeros((num_groups, br, dim), jnp.float32)
+        da_r = zeros((num_groups, br, dim))
         da_r, db = jax.lax.fori_loop(0, num_col_tiles, gradient_pass, (da_r, db))
         return buf, loss, dupdate(da, da_r, row0, 1), db
 
-    buf = jnp.zeros((num_groups, br, nb_pad), jnp.float32)
-    loss = jnp.zeros((num_groups,), jnp.float32)
-    da = jnp.zeros((num_groups, na_pad, dim), jnp.float32) if with_grad else None
-    db = jnp.zeros((num_groups, nb_pad, dim), jnp.float32) if with_grad and grad_b else None
+    buf = zeros((num_groups, br, nb_pad))
+    loss = zeros((num_groups,))
+    da = zeros((num_groups, na_pad, dim)) if with_grad else None
+    db = zeros((num_groups, nb_pad, dim)) if with_grad and grad_b else None
     _, loss, da, db = jax.lax.fori_loop(0, num_row_blocks, row_block, (buf, loss, da, db))
     if not with_grad:
         return loss, None, None
@@ -236,9 +260,11 @@ def info_nce_loss(
 def _gather_normalised(features: jax.Array, anchors: AnchorSet) -> jax.Array:
     """features [G,b,h,w,D] (any float dtype), anchor fields [G,N] -> float32 [G,N,D], unit rows."""
     groups, b, h, w, dim = features.shape
-    image = jnp.arange(groups, dtype=jnp.int32)[:, None] * b + anchors.image  # [G,N]
-    flat = features.reshape(groups * b, h * w, dim)
-    vectors = flat.at[image, anchors.pixel].get(mode="promise_in_bounds").astype(jnp.float32)
+    # A gather batched over groups (not one over the flattened batch) lets XLA keep groups on
+    # the devices that hold them when the batch is sharded.
+    take = lambda f, image, pixel: f.at[image, pixel].get(mode="promise_in_bounds")
+    vectors = jax.vmap(take)(features.reshape(groups, b, h * w, dim), anchors.image, anchors.pixel)
+    vectors = vectors.astype(jnp.float32)
     # torch F.normalize: x / max(||x||, eps); the max inside the sqrt keeps the gradient finite.
     norm = jnp.sqrt(jnp.maximum(jnp.sum(vectors * vectors, axis=-1, keepdims=True), _NORM_EPS**2))
     return vectors / norm
@@ -279,7 +305,9 @@ def _grouped_multiscale_loss(
     terms = {}
     total = 0.0
     for s, (z, anc) in enumerate(zip(vectors, anchors, strict=True)):
-        term = info_nce_loss(z, anc.label, anc.valid, z, anc.label, anc.valid, exclude_self=True, **kw)
+        term = info_nce_loss(
+            z, anc.label, anc.valid, z, anc.label, anc.valid, exclude_self=True, **kw
+        )
         terms[f"loss_ms/s{s}"] = term
         total = total + scale_weights[s] * term
     if cross_scale and num_scales > 1:
@@ -334,7 +362,7 @@ def multiscale_contrastive_loss(
     block_size: int = 256,
     column_block_size: int = 512,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """MS + CS contrastive loss of one group for given anchors (reference `DenseContrastiveLossV2_ms`).
+    """MS + CS contrastive loss of one group for given anchors (`DenseContrastiveLossV2_ms`).
 
     features: tuple of [b,h_s,w_s,D] (one group, finest first, any float dtype: the loss runs in
     float32); anchors: tuple of AnchorSet (fields [N]) per scale, e.g. from `sample_group_anchors`

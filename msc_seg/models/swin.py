@@ -58,6 +58,9 @@ SWIN_VARIANTS: dict[str, SwinVariant] = {
     # Tests and the demo: 2 blocks per stage so every stage has a shifted block; window 4 so that
     # 128x128 inputs (stages 32,16,8,4) exercise shifts and 96x160 inputs exercise padding.
     "swin_tiny_test": SwinVariant(32, (2, 2, 2, 2), (1, 2, 4, 8), window_size=4),
+    # End-to-end tests of the training system: one (unshifted) block per stage keeps the train
+    # step's compile time down; the blocks themselves are tested with swin_tiny_test.
+    "swin_micro_test": SwinVariant(16, (1, 1, 1, 1), (1, 1, 2, 2), window_size=4),
 }
 
 
