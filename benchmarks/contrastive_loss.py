@@ -1,14 +1,16 @@
 """Speed and memory of the whole MS + CS contrastive loss (sampling included) vs a matmul floor.
 
-Cases (4 scales, D=256, embeddings at strides 4, 8, 16, 32, float32, reference loss settings):
-  small:  B=2, 128x128, 10-25 classes per image, one group of 2
-  large:  B=8, 512x512, 10-25 classes per image, one group of 8
-  stress: B=16, 512x512, 3-6 large regions per image, one group of 16 (the 10000 cap binds at
+Cases (4 scales, D=256, embeddings at strides 4, 8, 16, 32, float32, the reference's ADE20K loss
+settings: tau 0.1, weights 1/0.7/0.4/0.1, both cross-scale terms, 5 / 2500 / 10000 views):
+  small:  B=2, 128x128, 10-25 classes per image (uneven Voronoi cells), one group of 2
+  large:  B=8, 512x512, 10-25 classes per image (uneven Voronoi cells), one group of 8
+  stress: B=16, 512x512, 3-6 large stripes per image, one group of 16 (the 10000 cap binds at
           strides 4 and 8)
-For each: median forward and forward+backward times, XLA's planned memory (temporaries; and the
-peak = arguments + outputs + temporaries), the anchors per scale, and the matmul floor = the
-dominant matmuls' FLOPs (2*D*Ma*Mb per term, x3 for forward+backward) over a float32 matmul rate
-measured here on [4096,256] x [256,4096].
+For each: median forward and forward+backward wall times; the matmul floor = the dominant
+matmuls' FLOPs (2*D*Ma*Mb per term for the sampled Ma, Mb, x3 for forward+backward) over the
+float32 matmul rate on [4096,256] x [256,4096] (median of rates measured right before each
+repeat, since the machine may be shared); XLA's planned memory (temporaries, and the peak =
+arguments + outputs + temporaries) from `compile().memory_analysis()`.
 
     python benchmarks/contrastive_loss.py --cases small,large,stress --repeats 5
 """
@@ -89,21 +91,35 @@ def make_inputs(case: dict, seed: int = 0):
     return embeddings, jnp.asarray(labels), jax.random.key(seed)
 
 
-def timed(fn, args, repeats: int) -> float:
+def _seconds(fn, args) -> float:
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    return time.perf_counter() - start
+
+
+class MatmulRate:
+    """float32 matmul rate on [4096,256] x [256,4096] (the loss's contraction depth, D = 256)."""
+
+    def __init__(self):
+        self.a = jnp.asarray(np.random.default_rng(0).standard_normal((4096, DIM), np.float32))
+        self.fn = jax.jit(lambda x, y: x @ y.T)
+        jax.block_until_ready(self.fn(self.a, self.a))
+
+    def measure(self) -> float:
+        """FLOP/s, best of 3 back-to-back runs."""
+        t = min(_seconds(self.fn, (self.a, self.a)) for _ in range(3))
+        return 2 * 4096 * 4096 * DIM / t
+
+
+def timed(fn, args, repeats: int, rate: MatmulRate) -> tuple[float, float]:
+    """Median seconds of fn, and the median matmul rate measured right before each repeat (the
+    machine may be shared: each repeat's time is paired with a rate taken at the same moment)."""
     jax.block_until_ready(fn(*args))  # compile + warm up
-    times = []
+    times, rates = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def matmul_rate() -> float:
-    a = jnp.asarray(np.random.default_rng(0).standard_normal((4096, DIM), dtype=np.float32))
-    f = jax.jit(lambda x, y: x @ y.T)
-    t = min(timed(f, (a, a), 1) for _ in range(5))
-    return 2 * 4096 * 4096 * DIM / t
+        rates.append(rate.measure())
+        times.append(_seconds(fn, args))
+    return statistics.median(times), statistics.median(rates)
 
 
 def anchor_counts(labels, key, group: int) -> np.ndarray:
@@ -131,7 +147,7 @@ def memory(fn, args) -> tuple[float, float]:
     return temp / 2**20, peak / 2**20
 
 
-def run_case(name: str, repeats: int, rate: float, block: int, col_block: int) -> dict:
+def run_case(name: str, repeats: int, rate: MatmulRate, block: int, col_block: int) -> dict:
     case = CASES[name]
     embeddings, labels, key = make_inputs(case)
     kw = dict(
@@ -144,19 +160,21 @@ def run_case(name: str, repeats: int, rate: float, block: int, col_block: int) -
     grad = jax.value_and_grad(forward)
     counts = anchor_counts(labels, key, case["group"])
     m = counts.astype(np.float64)
+    # Dominant matmuls: s_ij for every within-scale and cross-scale term; x3 with the backward.
     flops = 2 * DIM * np.sum(np.sum(m**2, axis=1) + m[:, 0] * m[:, 3] + m[:, 0] * m[:, 2])
     args = (embeddings, labels, key)
-    fwd_t = timed(jax.jit(forward), args, repeats)
-    bwd_t = timed(jax.jit(grad), args, repeats)
-    fwd_temp, fwd_peak = memory(forward, args)
+    fwd_t, fwd_rate = timed(jax.jit(forward), args, repeats, rate)
+    bwd_t, bwd_rate = timed(jax.jit(grad), args, repeats, rate)
+    fwd_temp, _ = memory(forward, args)
     bwd_temp, bwd_peak = memory(grad, args)
     return dict(
         case=name,
         anchors="/".join(str(int(c)) for c in counts.sum(0)),
+        rate=(fwd_rate + bwd_rate) / 2,
         fwd=fwd_t,
-        fwd_floor=flops / rate,
+        fwd_floor=flops / fwd_rate,
         fwd_bwd=bwd_t,
-        fwd_bwd_floor=3 * flops / rate,
+        fwd_bwd_floor=3 * flops / bwd_rate,
         fwd_temp=fwd_temp,
         bwd_temp=bwd_temp,
         bwd_peak=bwd_peak,
@@ -174,25 +192,26 @@ def main():
     for n in names:
         if n not in CASES:
             parser.error(f"unknown case {n!r}; choose from {', '.join(CASES)}")
-    rate = matmul_rate()
+    rate = MatmulRate()
     print(
         f"device: {jax.devices()[0].device_kind}, {jax.device_count()} device(s); "
-        f"float32 matmul rate [4096,256]x[256,4096]: {rate / 1e9:.1f} GFLOP/s; "
-        f"block {args.block_size} x {args.column_block_size}\n"
+        f"blocks {args.block_size} x {args.column_block_size}; floor = dominant-matmul FLOPs / "
+        f"float32 matmul rate on [4096,256]x[256,4096], measured before every repeat\n"
     )
     print(
-        "| case | anchors s4/s8/s16/s32 | fwd s | fwd floor s | fwd ratio | fwd+bwd s "
-        "| fwd+bwd floor s | fwd+bwd ratio | fwd temp MiB | fwd+bwd temp MiB | fwd+bwd peak MiB |"
+        "| case | anchors s4/s8/s16/s32 | matmul GFLOP/s | fwd s | fwd floor s | fwd ratio "
+        "| fwd+bwd s | fwd+bwd floor s | fwd+bwd ratio | fwd temp MiB | fwd+bwd temp MiB "
+        "| fwd+bwd peak MiB |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n in names:
         repeats = max(1, args.repeats // 2) if n == "stress" else args.repeats
         r = run_case(n, repeats, rate, args.block_size, args.column_block_size)
         print(
-            f"| {r['case']} | {r['anchors']} | {r['fwd']:.3f} | {r['fwd_floor']:.3f} | "
-            f"{r['fwd'] / r['fwd_floor']:.2f} | {r['fwd_bwd']:.3f} | {r['fwd_bwd_floor']:.3f} | "
-            f"{r['fwd_bwd'] / r['fwd_bwd_floor']:.2f} | {r['fwd_temp']:.0f} | "
-            f"{r['bwd_temp']:.0f} | {r['bwd_peak']:.0f} |",
+            f"| {r['case']} | {r['anchors']} | {r['rate'] / 1e9:.0f} | {r['fwd']:.3f} | "
+            f"{r['fwd_floor']:.3f} | {r['fwd'] / r['fwd_floor']:.2f} | {r['fwd_bwd']:.3f} | "
+            f"{r['fwd_bwd_floor']:.3f} | {r['fwd_bwd'] / r['fwd_bwd_floor']:.2f} | "
+            f"{r['fwd_temp']:.0f} | {r['bwd_temp']:.0f} | {r['bwd_peak']:.0f} |",
             flush=True,
         )
 

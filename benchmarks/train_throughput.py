@@ -5,7 +5,8 @@
 Cases:
   demo            configs/demo.py as configured (its batch and crop) on the built demo dataset.
   ade20k_upernet  configs/ade20k_upernet.py (UPerNet + Swin-T, CE + 0.4 aux + 0.1 MS+CS) at 512x512,
-                  batch 2 (one contrastive group of 2) on synthetic images; the input pipeline runs the
+                  batch 2 (one contrastive group of 2) on synthetic images; the input pipeline runs
+                  the
                   real train transforms on synthetic 512x683 ADE-sized images.
 Train-step figures are medians over the timed steps after one compile step; pipeline figures are
 the median of per-batch times after the first batch. Both run on this machine's devices and compete
@@ -53,7 +54,10 @@ def time_train_step(config, num_classes, batch_np, steps):
     state = create()
     step = jax.jit(
         make_train_step(
-            model_def, txb(state.params), txb.schedule, aux_weight=config.loss.aux_weight,
+            model_def,
+            txb(state.params),
+            txb.schedule,
+            aux_weight=config.loss.aux_weight,
             contrastive_weight=config.loss.contrastive.weight,
             contrastive_kwargs=contrastive_kwargs(config, num_classes),
         ),
@@ -108,8 +112,11 @@ def bench_demo(args):
     data_dir = tempfile.mkdtemp(prefix="bench_tfds_")
     pipeline.prepare_dataset(spec, data_dir)
     it = pipeline.make_train_iterator(
-        spec, data_dir=data_dir, batch_size=config.batch_size,
-        crop_size=tuple(config.dataset.crop_size), seed=0,
+        spec,
+        data_dir=data_dir,
+        batch_size=config.batch_size,
+        crop_size=tuple(config.dataset.crop_size),
+        seed=0,
     )
     batch = next(it)
     compile_s, step_s = time_train_step(config, spec.num_classes, batch, args.steps)
@@ -142,14 +149,20 @@ def main():
         b = config.batch_size
         rows.append((name, b, compile_s, step_s, b / step_s, b / pipe_s))
         print(f"{name}: done", flush=True)
-    print(f"\ndevice: {jax.devices()[0].device_kind} x{jax.device_count()}, "
-          f"{os.cpu_count()} CPU cores, jax {jax.__version__}")
-    print("| case | batch | compile + 1st step (s) | step (s, median) | train img/s | "
-          "input pipeline img/s | pipeline keeps up |")
+    print(
+        f"\ndevice: {jax.devices()[0].device_kind} x{jax.device_count()}, "
+        f"{os.cpu_count()} CPU cores, jax {jax.__version__}"
+    )
+    print(
+        "| case | batch | compile + 1st step (s) | step (s, median) | train img/s | "
+        "input pipeline img/s | pipeline keeps up |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, b, c, s, ti, pi in rows:
-        print(f"| {name} | {b} | {c:.1f} | {s:.3f} | {ti:.2f} | {pi:.1f} | "
-              f"{'yes' if pi >= ti else 'NO'} ({pi / ti:.1f}x) |")
+        print(
+            f"| {name} | {b} | {c:.1f} | {s:.3f} | {ti:.2f} | {pi:.1f} | "
+            f"{'yes' if pi >= ti else 'NO'} ({pi / ti:.1f}x) |"
+        )
 
 
 if __name__ == "__main__":

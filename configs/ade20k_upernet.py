@@ -44,7 +44,11 @@ def get_config(arg=None):
     c.optimizer.name = "adamw"
     c.optimizer.learning_rate = 6e-5
     c.optimizer.weight_decay = 0.01
-    c.optimizer.no_decay_patterns = ("absolute_pos_embed", "relative_position_bias_table", "^backbone/.*norm")
+    c.optimizer.no_decay_patterns = (
+        "absolute_pos_embed",
+        "relative_position_bias_table",
+        "^backbone/.*norm",
+    )
     c.schedule.warmup_steps = 1500
     c.schedule.warmup_init_ratio = 1e-6
     c.schedule.poly_power = 1.0

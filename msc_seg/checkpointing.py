@@ -51,8 +51,9 @@ class Checkpointer:
             return False
         if step in self.best.all_steps():
             return False
-        self.best.save(step, args=ocp.args.StandardSave(state), metrics={"mIoU": float(miou)},
-                       force=True)
+        self.best.save(
+            step, args=ocp.args.StandardSave(state), metrics={"mIoU": float(miou)}, force=True
+        )
         self.best.wait_until_finished()
         self._best_file.write_text(json.dumps({"step": int(step), "mIoU": float(miou)}))
         return True

@@ -67,8 +67,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.dataset = ml_collections.ConfigDict()
     c.dataset.name = "demo"
     c.dataset.data_dir = ""  # "" -> $TFDS_DATA_DIR or ~/tensorflow_datasets
-    c.dataset.train_split = "train"
-    c.dataset.eval_split = "validation"
+    c.dataset.train_split = ""  # "" = the dataset's own (registry), e.g. train
+    c.dataset.eval_split = ""  # "" = the dataset's own, e.g. validation (CamVid: val)
     c.dataset.crop_size = (512, 512)  # (height, width) of train crops
     c.dataset.scale_range = (0.5, 2.0)
     c.dataset.aspect_range = (0.9, 1.1)
@@ -115,7 +115,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.b1 = 0.9
     c.optimizer.b2 = 0.999
     c.optimizer.momentum = 0.9  # SGD only
-    c.optimizer.no_decay_patterns = ("absolute_pos_embed", "relative_position_bias_table", "^backbone/.*norm")
+    c.optimizer.no_decay_patterns = (
+        "absolute_pos_embed",
+        "relative_position_bias_table",
+        "^backbone/.*norm",
+    )
     c.optimizer.grad_clip_norm = 0.0  # 0 = no clipping (the reference clips nothing)
 
     c.schedule = ml_collections.ConfigDict()
@@ -153,24 +157,44 @@ def validate(config: ml_collections.ConfigDict, facts: RuntimeFacts) -> None:
     from msc_seg.data import registry  # late import: keeps config parsing free of TensorFlow
 
     c = config
-    for field in ("batch_size", "total_steps", "log_every_steps", "eval_every_steps",
-                  "checkpoint_every_steps", "keep_checkpoints"):
+    for field in (
+        "batch_size",
+        "total_steps",
+        "log_every_steps",
+        "eval_every_steps",
+        "checkpoint_every_steps",
+        "keep_checkpoints",
+    ):
         if int(c[field]) <= 0:
             raise _err(field, c[field], "must be a positive integer")
 
     n_dev = facts.num_devices if c.mesh.data in (-1, 0) else int(c.mesh.data)
     if n_dev > facts.num_devices:
-        raise _err("mesh.data", c.mesh.data, f"only {facts.num_devices} devices are visible; "
-                   "use -1 for all of them")
+        raise _err(
+            "mesh.data",
+            c.mesh.data,
+            f"only {facts.num_devices} devices are visible; use -1 for all of them",
+        )
     if c.batch_size % facts.process_count:
-        raise _err("batch_size", c.batch_size, f"must be divisible by the {facts.process_count} "
-                   "processes (each host loads batch_size / process_count images)")
+        raise _err(
+            "batch_size",
+            c.batch_size,
+            f"must be divisible by the {facts.process_count} "
+            "processes (each host loads batch_size / process_count images)",
+        )
     if c.batch_size % n_dev:
-        raise _err("batch_size", c.batch_size, f"must be divisible by the {n_dev} devices of the "
-                   f"`data` mesh axis; use a multiple of {n_dev} or set mesh.data")
+        raise _err(
+            "batch_size",
+            c.batch_size,
+            f"must be divisible by the {n_dev} devices of the "
+            f"`data` mesh axis; use a multiple of {n_dev} or set mesh.data",
+        )
     if c.eval.batch_size % n_dev or c.eval.batch_size <= 0:
-        raise _err("eval.batch_size", c.eval.batch_size, f"must be a positive multiple of the "
-                   f"{n_dev} devices of the `data` mesh axis")
+        raise _err(
+            "eval.batch_size",
+            c.eval.batch_size,
+            f"must be a positive multiple of the {n_dev} devices of the `data` mesh axis",
+        )
 
     try:
         spec = registry.get_dataset_spec(c.dataset.name)
@@ -178,46 +202,71 @@ def validate(config: ml_collections.ConfigDict, facts: RuntimeFacts) -> None:
         raise _err("dataset.name", c.dataset.name, str(e)) from None
     crop = tuple(int(v) for v in c.dataset.crop_size)
     if len(crop) != 2 or min(crop) <= 0 or any(v % MODEL_STRIDE for v in crop):
-        raise _err("dataset.crop_size", c.dataset.crop_size,
-                   f"must be (height, width), both positive multiples of {MODEL_STRIDE}")
+        raise _err(
+            "dataset.crop_size",
+            c.dataset.crop_size,
+            f"must be (height, width), both positive multiples of {MODEL_STRIDE}",
+        )
     lo, hi = c.dataset.scale_range
     if not 0 < lo <= hi:
-        raise _err("dataset.scale_range", c.dataset.scale_range, "must be (low, high), 0 < low <= high")
+        raise _err(
+            "dataset.scale_range", c.dataset.scale_range, "must be (low, high), 0 < low <= high"
+        )
     max_hw = getattr(spec, "max_image_shape", None)
     if max_hw is not None and any(cv > iv * hi for cv, iv in zip(crop, max_hw, strict=True)):
-        raise _err("dataset.crop_size", c.dataset.crop_size,
-                   f"is larger than the images of dataset '{spec.name}' ({max_hw[0]}x{max_hw[1]}) "
-                   f"even at the largest random scale {hi}; every crop would be mostly padding. "
-                   "Use a smaller crop_size or a larger scale_range")
+        raise _err(
+            "dataset.crop_size",
+            c.dataset.crop_size,
+            f"is larger than the images of dataset '{spec.name}' ({max_hw[0]}x{max_hw[1]}) "
+            f"even at the largest random scale {hi}; every crop would be mostly padding. "
+            "Use a smaller crop_size or a larger scale_range",
+        )
     if not 0 < c.dataset.cat_max_ratio <= 1:
         raise _err("dataset.cat_max_ratio", c.dataset.cat_max_ratio, "must be in (0, 1]")
     pad = tuple(int(v) for v in c.eval.pad_shape)
     if len(pad) != 2 or any(v % MODEL_STRIDE for v in pad) or min(pad) <= 0:
-        raise _err("eval.pad_shape", c.eval.pad_shape,
-                   f"must be (height, width), both positive multiples of {MODEL_STRIDE}")
-    if max_hw is not None and not c.eval.resize_short_side and (
-        pad[0] < max_hw[0] or pad[1] < max_hw[1]
+        raise _err(
+            "eval.pad_shape",
+            c.eval.pad_shape,
+            f"must be (height, width), both positive multiples of {MODEL_STRIDE}",
+        )
+    if (
+        max_hw is not None
+        and not c.eval.resize_short_side
+        and (pad[0] < max_hw[0] or pad[1] < max_hw[1])
     ):
-        raise _err("eval.pad_shape", c.eval.pad_shape,
-                   f"is smaller than the images of dataset '{spec.name}' ({max_hw[0]}x{max_hw[1]})")
+        raise _err(
+            "eval.pad_shape",
+            c.eval.pad_shape,
+            f"is smaller than the images of dataset '{spec.name}' ({max_hw[0]}x{max_hw[1]})",
+        )
 
     if c.model.name not in KNOWN_MODELS:
         raise _err("model.name", c.model.name, f"unknown model; known: {list(KNOWN_MODELS)}")
     if c.model.dtype not in KNOWN_DTYPES:
         raise _err("model.dtype", c.model.dtype, f"must be one of {list(KNOWN_DTYPES)}")
     if c.model.projector_position not in KNOWN_PROJECTOR_POSITIONS:
-        raise _err("model.projector_position", c.model.projector_position,
-                   f"must be one of {list(KNOWN_PROJECTOR_POSITIONS)}")
+        raise _err(
+            "model.projector_position",
+            c.model.projector_position,
+            f"must be one of {list(KNOWN_PROJECTOR_POSITIONS)}",
+        )
     if c.model.pretrained and not pathlib.Path(c.model.pretrained).exists():
-        raise _err("model.pretrained", c.model.pretrained,
-                   "does not exist; write it with `python -m msc_seg.tools.import_weights` "
-                   "or set model.pretrained=''")
+        raise _err(
+            "model.pretrained",
+            c.model.pretrained,
+            "does not exist; write it with `python -m msc_seg.tools.import_weights` "
+            "or set model.pretrained=''",
+        )
 
     if c.loss.aux_weight < 0:
         raise _err("loss.aux_weight", c.loss.aux_weight, "must be >= 0")
     if c.loss.class_weights and len(c.loss.class_weights) != spec.num_classes:
-        raise _err("loss.class_weights", c.loss.class_weights,
-                   f"needs one weight per class ({spec.num_classes} for '{spec.name}') or ()")
+        raise _err(
+            "loss.class_weights",
+            c.loss.class_weights,
+            f"needs one weight per class ({spec.num_classes} for '{spec.name}') or ()",
+        )
     cc = c.loss.contrastive
     if cc.weight < 0:
         raise _err("loss.contrastive.weight", cc.weight, "must be >= 0 (0 turns it off)")
@@ -226,26 +275,40 @@ def validate(config: ml_collections.ConfigDict, facts: RuntimeFacts) -> None:
             raise _err("loss.contrastive.temperature", cc.temperature, "must be > 0")
         scales = MODEL_NUM_SCALES.get(c.model.name)
         if len(cc.scale_weights) < 1 or (scales and len(cc.scale_weights) != scales):
-            raise _err("loss.contrastive.scale_weights", cc.scale_weights,
-                       f"needs one weight per projected scale ({scales} for model "
-                       f"'{c.model.name}'), finest first")
+            raise _err(
+                "loss.contrastive.scale_weights",
+                cc.scale_weights,
+                f"needs one weight per projected scale ({scales} for model "
+                f"'{c.model.name}'), finest first",
+            )
         if cc.images_per_group <= 0 or c.batch_size % cc.images_per_group:
-            raise _err("loss.contrastive.images_per_group", cc.images_per_group,
-                       f"must divide batch_size ({c.batch_size}): the batch is split into groups "
-                       "of this many images (the reference's per-GPU batch)")
+            raise _err(
+                "loss.contrastive.images_per_group",
+                cc.images_per_group,
+                f"must divide batch_size ({c.batch_size}): the batch is split into groups "
+                "of this many images (the reference's per-GPU batch)",
+            )
         if cc.min_views_per_class < 1 or cc.max_features_total < 1:
-            raise _err("loss.contrastive.min_views_per_class", cc.min_views_per_class,
-                       "min_views_per_class and max_features_total must be >= 1")
+            raise _err(
+                "loss.contrastive.min_views_per_class",
+                cc.min_views_per_class,
+                "min_views_per_class and max_features_total must be >= 1",
+            )
         if cc.max_views_per_class < 1:
-            raise _err("loss.contrastive.max_views_per_class", cc.max_views_per_class, "must be >= 1")
+            raise _err(
+                "loss.contrastive.max_views_per_class", cc.max_views_per_class, "must be >= 1"
+            )
 
     if c.optimizer.name not in KNOWN_OPTIMIZERS:
         raise _err("optimizer.name", c.optimizer.name, f"must be one of {list(KNOWN_OPTIMIZERS)}")
     if c.optimizer.learning_rate <= 0:
         raise _err("optimizer.learning_rate", c.optimizer.learning_rate, "must be > 0")
     if c.schedule.warmup_steps < 0 or c.schedule.warmup_steps >= c.total_steps:
-        raise _err("schedule.warmup_steps", c.schedule.warmup_steps,
-                   f"must be in [0, total_steps={c.total_steps})")
+        raise _err(
+            "schedule.warmup_steps",
+            c.schedule.warmup_steps,
+            f"must be in [0, total_steps={c.total_steps})",
+        )
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:
@@ -256,8 +319,15 @@ def to_json(config: ml_collections.ConfigDict) -> str:
 # Fields whose change makes an existing checkpoint unusable (different parameter or optimizer
 # state shapes) or meaningless to resume (different data/labels).
 STRUCTURAL_FIELDS = (
-    "dataset.name", "model.name", "model.backbone", "model.decoder_channels", "model.aux_channels",
-    "model.aux_in_index", "model.window_size", "model.projector_position", "model.embedding_dim",
+    "dataset.name",
+    "model.name",
+    "model.backbone",
+    "model.decoder_channels",
+    "model.aux_channels",
+    "model.aux_in_index",
+    "model.window_size",
+    "model.projector_position",
+    "model.embedding_dim",
     "optimizer.name",
 )
 

@@ -59,7 +59,9 @@ def run_evaluation(
     images = {}
     keys = ("image", "label", "image_hw", "label_hw")
     for batch in batches:
-        device_batch = mesh_lib.host_batch_to_global({k: batch[k] for k in keys if k in batch}, mesh)
+        device_batch = mesh_lib.host_batch_to_global(
+            {k: batch[k] for k in keys if k in batch}, mesh
+        )
         cm, pred = eval_step(state, device_batch)
         cm = np.asarray(jax.device_get(cm), np.int64)
         total = cm if total is None else total + cm

@@ -21,8 +21,13 @@ def resize_logits_to_labels(
     def one(lg, ihw, lhw):
         scale = lhw.astype(jnp.float32) / ihw.astype(jnp.float32)
         return jax.image.scale_and_translate(
-            lg, (*label_shape, lg.shape[-1]), (0, 1), scale, jnp.zeros(2, jnp.float32),
-            method="linear", antialias=False,
+            lg,
+            (*label_shape, lg.shape[-1]),
+            (0, 1),
+            scale,
+            jnp.zeros(2, jnp.float32),
+            method="linear",
+            antialias=False,
         )
 
     return jax.vmap(one)(logits.astype(jnp.float32), image_hw, label_hw)

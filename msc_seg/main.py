@@ -15,12 +15,13 @@ import sys
 # TensorFlow is only for tf.data: keep it off every accelerator, before anything imports it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/NAME.py[:arg]).",
-                                lock_config=True)
+config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (configs/NAME.py[:arg]).", lock_config=True
+)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
 flags.DEFINE_enum("mode", "train", ["train", "eval"], "What to do.")
 flags.DEFINE_string("checkpoint", "latest", "eval mode: 'latest', 'best' or a step number.")
@@ -50,6 +51,9 @@ def main(argv) -> None:
         raise app.UsageError("--config is required, e.g. --config=configs/demo.py")
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required")
+    if not FLAGS["verbosity"].present:
+        # Progress lines and tables are printed; library INFO logs (orbax, clu) only with -v 0.
+        logging.set_verbosity(logging.WARNING)
     hide_accelerators_from_tensorflow()
     import jax
 
@@ -63,8 +67,12 @@ def main(argv) -> None:
             train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
         else:
             evaluate.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint)
-    except (config_lib.ConfigError, train.WorkdirMismatchError, train.NonFiniteLossError,
-            FileNotFoundError) as e:
+    except (
+        config_lib.ConfigError,
+        train.WorkdirMismatchError,
+        train.NonFiniteLossError,
+        FileNotFoundError,
+    ) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except Exception as e:  # data-preparation errors carry instructions: show them plainly

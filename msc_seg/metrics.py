@@ -1,6 +1,7 @@
 """Confusion matrices and mmseg-style IoU tables.
 
-Formulas (mmsegmentation `total_area_to_metrics`): IoU_c = TP / (TP + FP + FN), Acc_c = TP / (TP + FN),
+Formulas (mmsegmentation `total_area_to_metrics`): IoU_c = TP / (TP + FP + FN),
+Acc_c = TP / (TP + FN),
 aAcc = sum TP / sum labelled pixels. A class absent from both label and prediction has IoU 0/0 = NaN
 and is left out of mIoU; a class absent from the labels has Acc NaN and is left out of mAcc.
 (The reference counts such classes as 0, spec/method.md section 13; we follow mmseg and say so.)
@@ -63,9 +64,12 @@ def format_iou_table(results: dict, class_names) -> str:
     for n, i, a in zip(names, results["IoU"], results["Acc"], strict=True):
         rows.append(f"| {n:<{width}} | {_fmt(i):>6} | {_fmt(a):>6} |")
     rows.append(line)
-    summary = "+--------+--------+--------+\n|  aAcc  |  mIoU  |  mAcc  |\n+--------+--------+--------+\n"
+    summary = (
+        "+--------+--------+--------+\n|  aAcc  |  mIoU  |  mAcc  |\n+--------+--------+--------+\n"
+    )
     summary += (
-        f"| {_fmt(results['aAcc']):>6} | {_fmt(results['mIoU']):>6} | {_fmt(results['mAcc']):>6} |\n"
+        f"| {_fmt(results['aAcc']):>6} | {_fmt(results['mIoU']):>6} "
+        f"| {_fmt(results['mAcc']):>6} |\n"
         "+--------+--------+--------+"
     )
     return "\n".join(rows) + "\n" + summary

@@ -69,8 +69,9 @@ def check_workdir(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> N
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "config.json"
     current = json.loads(config_lib.to_json(config))
-    has_ckpt = any((workdir / d).is_dir() and any((workdir / d).iterdir())
-                   for d in ("checkpoints", "best"))
+    has_ckpt = any(
+        (workdir / d).is_dir() and any((workdir / d).iterdir()) for d in ("checkpoints", "best")
+    )
     if path.exists():
         saved = json.loads(path.read_text())
         diffs = config_lib.structural_differences(saved, current)
@@ -92,9 +93,7 @@ def check_workdir(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> N
 
 def setup_run(config, workdir, *, for_training: bool) -> Run:
     workdir = pathlib.Path(workdir)
-    config_lib.validate(
-        config, config_lib.RuntimeFacts(jax.device_count(), jax.process_count())
-    )
+    config_lib.validate(config, config_lib.RuntimeFacts(jax.device_count(), jax.process_count()))
     if for_training:
         check_workdir(workdir, config)
     elif not workdir.exists():
@@ -107,15 +106,29 @@ def setup_run(config, workdir, *, for_training: bool) -> Run:
     model_def, create, abstract = make_state_factory(config, spec.num_classes, mesh, tx_builder)
     ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)
     reporter = reporting.Reporter(workdir, config.total_steps) if for_training else None
-    return Run(config, workdir, mesh, spec, data_dir, model_def, create, abstract, tx_builder,
-               ckpt, reporter)
+    return Run(
+        config,
+        workdir,
+        mesh,
+        spec,
+        data_dir,
+        model_def,
+        create,
+        abstract,
+        tx_builder,
+        ckpt,
+        reporter,
+    )
 
 
 def _eval_batches(run: Run):
     c = run.config
     return pipeline.make_eval_dataset(
-        run.spec, data_dir=run.data_dir, split=c.dataset.eval_split,
-        batch_size=c.eval.batch_size // jax.process_count(), pad_shape=tuple(c.eval.pad_shape),
+        run.spec,
+        data_dir=run.data_dir,
+        split=c.dataset.eval_split or run.spec.eval_split,
+        batch_size=c.eval.batch_size // jax.process_count(),
+        pad_shape=tuple(c.eval.pad_shape),
         resize_short_side=c.eval.resize_short_side or None,
     )
 
@@ -134,8 +147,12 @@ def evaluate_state(run: Run, state: TrainState, step: int) -> dict:
 
         batches = itertools.islice(batches, -(-c.eval.max_examples // c.eval.batch_size))
     cm, images = evaluate.run_evaluation(
-        run._eval_step, state, batches, run.mesh,
-        num_images=c.eval.num_images_to_log, palette=run.spec.palette,
+        run._eval_step,
+        state,
+        batches,
+        run.mesh,
+        num_images=c.eval.num_images_to_log,
+        palette=run.spec.palette,
     )
     return evaluate.report_evaluation(
         cm, step, run.spec.class_names, run.workdir, run.reporter, images
@@ -208,20 +225,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         )
         tx = run.tx_builder(state.params)
         step_fn = make_train_step(
-            run.model_def, tx, run.tx_builder.schedule,
-            aux_weight=c.loss.aux_weight, class_weights=tuple(c.loss.class_weights),
+            run.model_def,
+            tx,
+            run.tx_builder.schedule,
+            aux_weight=c.loss.aux_weight,
+            class_weights=tuple(c.loss.class_weights),
             contrastive_weight=c.loss.contrastive.weight,
             contrastive_kwargs=contrastive_kwargs(c, run.spec.num_classes),
         )
         train_step = jax.jit(step_fn, donate_argnums=(0,))
         key = jax.random.key(c.seed)
         train_iter = pipeline.make_train_iterator(
-            run.spec, data_dir=run.data_dir, split=c.dataset.train_split,
+            run.spec,
+            data_dir=run.data_dir,
+            split=c.dataset.train_split or run.spec.train_split,
             batch_size=c.batch_size // jax.process_count(),
-            crop_size=tuple(c.dataset.crop_size), seed=c.seed, start_step=start,
-            scale_range=tuple(c.dataset.scale_range), aspect_range=tuple(c.dataset.aspect_range),
-            cat_max_ratio=c.dataset.cat_max_ratio, color_jitter=c.dataset.color_jitter,
-            shuffle_buffer=c.dataset.shuffle_buffer, prefetch=c.dataset.prefetch,
+            crop_size=tuple(c.dataset.crop_size),
+            seed=c.seed,
+            start_step=start,
+            scale_range=tuple(c.dataset.scale_range),
+            aspect_range=tuple(c.dataset.aspect_range),
+            cat_max_ratio=c.dataset.cat_max_ratio,
+            color_jitter=c.dataset.color_jitter,
+            shuffle_buffer=c.dataset.shuffle_buffer,
+            prefetch=c.dataset.prefetch,
         )
         results = _train_loop(run, state, start, train_step, train_iter, key)
     finally:
@@ -252,7 +279,9 @@ def _train_loop(run: Run, state, start: int, train_step, train_iter, key) -> dic
         nonlocal to_log
         if to_log is not None:
             log_step, sums, n = to_log
-            reporter.write_scalars(log_step, {k: float(v) / n for k, v in jax.device_get(sums).items()})
+            reporter.write_scalars(
+                log_step, {k: float(v) / n for k, v in jax.device_get(sums).items()}
+            )
             to_log = None
 
     with _Preemption() as preempt:

@@ -39,7 +39,7 @@ class TrainState:
 
 @dataclasses.dataclass(frozen=True)
 class ModelDef:
-    """The static half of the split model: merge it with a TrainState's params/rest to get a model."""
+    """The static half of the split model; merged with a TrainState's params/rest it is a model."""
 
     graphdef: Any
     rng: Any  # abstract-free RNG state template (keys are reseeded every step)
@@ -106,7 +106,9 @@ def make_state_factory(
     def build(key) -> TrainState:
         _, params, _, rest = split_model(make_model(config, num_classes, key))
         return TrainState(
-            step=jnp.zeros((), jnp.int32), params=params, rest=rest,
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            rest=rest,
             opt_state=tx_builder(params).init(params),
         )
 
@@ -114,8 +116,11 @@ def make_state_factory(
     graphdef, abs_params, rng, _ = split_model(abstract_model)
     # The RNG template must hold real keys (merge needs values); they are overwritten every step.
     rng = jax.tree.map(
-        lambda x: jax.random.key(0) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
-        else jnp.zeros(x.shape, x.dtype),
+        lambda x: (
+            jax.random.key(0)
+            if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+            else jnp.zeros(x.shape, x.dtype)
+        ),
         rng,
     )
     replicated = mesh_lib.replicated_sharding(mesh)
@@ -128,18 +133,29 @@ def make_state_factory(
     return ModelDef(graphdef, rng), lambda: jitted(key), abstract_state
 
 
-def make_tx_builder(config: ml_collections.ConfigDict) -> Callable[[Any], optax.GradientTransformation]:
+def make_tx_builder(
+    config: ml_collections.ConfigDict,
+) -> Callable[[Any], optax.GradientTransformation]:
     o, s = config.optimizer, config.schedule
     schedule = optim.make_warmup_poly_schedule(
-        o.learning_rate, config.total_steps, warmup_steps=s.warmup_steps,
-        warmup_init_ratio=s.warmup_init_ratio, poly_power=s.poly_power,
+        o.learning_rate,
+        config.total_steps,
+        warmup_steps=s.warmup_steps,
+        warmup_init_ratio=s.warmup_init_ratio,
+        poly_power=s.poly_power,
         end_lr=s.end_learning_rate,
     )
 
     def build(params):
         return optim.make_optimizer(
-            o.name, schedule, params, weight_decay=o.weight_decay,
-            no_decay_patterns=o.no_decay_patterns, b1=o.b1, b2=o.b2, momentum=o.momentum,
+            o.name,
+            schedule,
+            params,
+            weight_decay=o.weight_decay,
+            no_decay_patterns=o.no_decay_patterns,
+            b1=o.b1,
+            b2=o.b2,
+            momentum=o.momentum,
             grad_clip_norm=o.grad_clip_norm,
         )
 
@@ -154,6 +170,8 @@ def count_params(params) -> int:
 def is_finite_tree(tree) -> jax.Array:
     """bool []: every floating leaf of `tree` is free of NaN and inf."""
     leaves = [
-        jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)
+        jnp.all(jnp.isfinite(x))
+        for x in jax.tree.leaves(tree)
+        if jnp.issubdtype(x.dtype, jnp.floating)
     ]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)

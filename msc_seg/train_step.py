@@ -1,4 +1,4 @@
-"""The pure train step: (state, batch, key) -> (state, metrics), jitted over the mesh by train.py."""
+"""The pure train step: (state, batch, key) -> (state, metrics); train.py jits it on the mesh."""
 
 from __future__ import annotations
 
@@ -43,8 +43,12 @@ def make_train_step(
             nnx.reseed(model, dropout=dropout_key)
             outputs = model(batch["image"], train=True, return_embeddings=want_embeddings)
             loss, metrics = total_loss(
-                outputs, batch["label"], sample_key, aux_weight=aux_weight,
-                class_weights=class_weights, contrastive_weight=contrastive_weight,
+                outputs,
+                batch["label"],
+                sample_key,
+                aux_weight=aux_weight,
+                class_weights=class_weights,
+                contrastive_weight=contrastive_weight,
                 contrastive_kwargs=contrastive_kwargs,
             )
             _, _, _, new_rest = nnx.split(model, nnx.Param, nnx.RngState, ...)

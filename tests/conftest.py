@@ -26,7 +26,9 @@ import pytest  # noqa: E402
 # persistent compilation cache turns the repeats into cache hits.
 jax.config.update(
     "jax_compilation_cache_dir",
-    os.environ.get("MSC_SEG_TEST_JAX_CACHE", os.path.join(tempfile.gettempdir(), "msc_seg_jax_cache")),
+    os.environ.get(
+        "MSC_SEG_TEST_JAX_CACHE", os.path.join(tempfile.gettempdir(), "msc_seg_jax_cache")
+    ),
 )
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

@@ -32,12 +32,18 @@ def test_every_config_file_builds_and_validates(path):
 def test_ade20k_upernet_carries_the_paper_recipe():
     c = load(ROOT / "configs" / "ade20k_upernet.py")
     assert (c.batch_size, tuple(c.dataset.crop_size), c.total_steps) == (16, (512, 512), 160_000)
-    assert (c.optimizer.name, c.optimizer.learning_rate, c.optimizer.weight_decay) == ("adamw", 6e-5, 0.01)
+    assert (c.optimizer.name, c.optimizer.learning_rate, c.optimizer.weight_decay) == (
+        "adamw",
+        6e-5,
+        0.01,
+    )
     assert (c.schedule.warmup_steps, c.schedule.poly_power) == (1500, 1.0)
     assert (c.loss.aux_weight, c.loss.contrastive.weight) == (0.4, 0.1)
     assert tuple(c.loss.contrastive.scale_weights) == (1.0, 0.7, 0.4, 0.1)
     assert c.loss.contrastive.images_per_group == 4
-    assert load(ROOT / "configs" / "ade20k_upernet.py", "backbone=swin_b").model.backbone == "swin_b"
+    assert (
+        load(ROOT / "configs" / "ade20k_upernet.py", "backbone=swin_b").model.backbone == "swin_b"
+    )
 
 
 @pytest.mark.parametrize(
@@ -75,21 +81,27 @@ def test_config_is_locked_against_new_fields():
 
 def run_main(*args):
     return subprocess.run(
-        [sys.executable, "-m", "msc_seg.main", *args], cwd=ROOT, capture_output=True, text=True,
+        [sys.executable, "-m", "msc_seg.main", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
         timeout=300,
     )
 
 
 def test_cli_rejects_a_typo_in_an_override_naming_the_field(tmp_path):
-    r = run_main("--config=configs/demo.py", "--config.model.backbon=swin_t", f"--workdir={tmp_path}")
+    r = run_main(
+        "--config=configs/demo.py", "--config.model.backbon=swin_t", f"--workdir={tmp_path}"
+    )
     assert r.returncode != 0
     assert "backbon" in r.stderr
     assert not (tmp_path / "config.json").exists()
 
 
 def test_cli_rejects_an_invalid_value_naming_the_field(tmp_path):
-    r = run_main("--config=configs/demo.py", "--config.dataset.crop_size=(100,100)",
-                 f"--workdir={tmp_path}")
+    r = run_main(
+        "--config=configs/demo.py", "--config.dataset.crop_size=(100,100)", f"--workdir={tmp_path}"
+    )
     assert r.returncode == 2, r.stderr[-2000:]
     assert "dataset.crop_size" in r.stderr and "multiples of 32" in r.stderr
 

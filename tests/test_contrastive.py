@@ -164,13 +164,17 @@ def test_batch_loss_is_the_mean_of_per_group_losses_and_compiles_once():
     key = jax.random.key(3)
     fn = batch_grad_fn(2)
     (loss, metrics), grads = fn(embeddings, labels, key)
-    group_losses = []
-    for g in range(2):
-        sl = slice(2 * g, 2 * g + 2)
-        value, _ = contrastive_loss_for_group(
-            tuple(e[sl] for e in embeddings), labels[sl], key, group_index=g, **KW
+    group_loss = jax.jit(
+        lambda e, lab, g: contrastive_loss_for_group(e, lab, key, group_index=g, **KW)[0]
+    )
+    group_losses = [
+        float(
+            group_loss(
+                tuple(e[2 * g : 2 * g + 2] for e in embeddings), labels[2 * g : 2 * g + 2], g
+            )
         )
-        group_losses.append(float(value))
+        for g in range(2)
+    ]
     assert rel_err(loss, np.mean(group_losses)) < 1e-6
     expected = {
         "loss_ms/s0", "loss_ms/s1", "loss_cs/high_low", "loss_contrastive",
@@ -227,11 +231,7 @@ def test_detach_coarse_stops_gradients_into_the_coarse_scale_only():
     assert float(m_a["loss_cs/high_low"]) > 0
     np.testing.assert_allclose(g_a[0], g_b[0], rtol=1e-5, atol=1e-7)  # finest: unchanged
     # Coarse: only the within-scale term's gradient is left.
-    ms_only = jax.grad(
-        lambda e: contrastive_loss_for_batch(
-            e, labels, key, images_per_group=2, **dict(KW, cross_scale=False)
-        )[0]
-    )(embeddings)
+    _, ms_only = batch_grad_fn(2, cross_scale=False)(embeddings, labels, key)
     np.testing.assert_allclose(g_b[1], ms_only[1], rtol=1e-5, atol=1e-7)
     assert float(jnp.max(jnp.abs(g_a[1] - g_b[1]))) > 1e-6
 
@@ -271,7 +271,9 @@ def test_gather_all_groups_contrasts_every_groups_anchors_together():
         pixels, images, classes = (np.asarray(x)[keep] for x in (a.pixel, image, a.label))
         merged.append(pack_anchors(pixels[:, None], images, classes, 256))
     kw = {k: KW[k] for k in ("temperature", "scale_weights", "cross_scale", "w_high_low")}
-    ref, ref_metrics = multiscale_contrastive_loss(embeddings, merged, **kw)
+    ref, ref_metrics = jax.jit(lambda e, a: multiscale_contrastive_loss(e, a, **kw))(
+        embeddings, merged
+    )
     assert rel_err(loss, ref) < 1e-5
     assert rel_err(metrics["loss_cs/high_low"], ref_metrics["loss_cs/high_low"]) < 1e-5
     separate = batch_grad_fn(2)(embeddings, labels, key)[0][0]
@@ -351,3 +353,22 @@ def test_pmap_shard_map_and_jit_vmap_give_the_same_loss_on_8_devices():
     )(embeddings, labels)
     assert rel_err(jnp.mean(pmapped), vmapped) < 1e-6
     assert rel_err(jnp.mean(sharded), vmapped) < 1e-6
+
+
+def test_sharded_batch_keeps_groups_on_their_devices_and_matches_one_device():
+    if jax.device_count() < 8:
+        pytest.skip("needs 8 devices (tests/conftest.py forces 8 CPU devices)")
+    rng = np.random.default_rng(8)
+    embeddings, labels = make_batch(rng, 8)
+    key = jax.random.key(2)
+    fn = batch_grad_fn(1)
+    (loss_1, _), grads_1 = fn(embeddings, labels, key)
+    mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
+    sharding = jax.sharding.NamedSharding(mesh, P("data"))
+    sharded = jax.device_put((embeddings, labels), sharding)
+    (loss_8, _), grads_8 = fn(*sharded, key)
+    assert rel_err(loss_8, loss_1) < 1e-6
+    for g8, g1 in zip(grads_8, grads_1, strict=True):
+        assert rel_err(g8, g1) < 1e-5
+    # Each device works on its own groups: no feature map is all-gathered.
+    assert "all-gather" not in fn.lower(*sharded, key).compile().as_text()

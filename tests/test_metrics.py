@@ -34,12 +34,14 @@ def test_confusion_matrix_is_jittable_with_one_compile_per_shape():
 
 
 def test_iou_results_match_hand_computation_and_skip_absent_classes():
-    cm = np.array([
-        [3, 0, 0, 1],  # class 0: TP 3, FN 1, FP 2 (col 0) -> IoU 3/6, Acc 3/4
-        [2, 2, 0, 0],  # class 1: TP 2, FN 2, FP 0 -> IoU 2/4, Acc 2/4
-        [0, 0, 0, 0],  # class 2: never labelled nor predicted -> NaN, left out of the means
-        [0, 0, 0, 0],  # class 3: never labelled, predicted once -> IoU 0 (counts), Acc NaN
-    ])
+    cm = np.array(
+        [
+            [3, 0, 0, 1],  # class 0: TP 3, FN 1, FP 2 (col 0) -> IoU 3/6, Acc 3/4
+            [2, 2, 0, 0],  # class 1: TP 2, FN 2, FP 0 -> IoU 2/4, Acc 2/4
+            [0, 0, 0, 0],  # class 2: never labelled nor predicted -> NaN, left out of the means
+            [0, 0, 0, 0],  # class 3: never labelled, predicted once -> IoU 0 (counts), Acc NaN
+        ]
+    )
     r = metrics.iou_results(cm)
     np.testing.assert_allclose(r["IoU"][:2], [3 / 6, 2 / 4])
     assert np.isnan(r["IoU"][2])

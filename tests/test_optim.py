@@ -32,8 +32,10 @@ def test_schedule_keeps_the_reference_jump_after_warmup():
 
 def test_decay_mask_exempts_norms_and_position_tables():
     params = {
-        "backbone": {"norm1": {"scale": jnp.ones(2)}, "attn": {
-            "relative_position_bias_table": jnp.ones(2), "qkv": {"kernel": jnp.ones(2)}}},
+        "backbone": {
+            "norm1": {"scale": jnp.ones(2)},
+            "attn": {"relative_position_bias_table": jnp.ones(2), "qkv": {"kernel": jnp.ones(2)}},
+        },
         "head": {"conv": {"bias": jnp.ones(2)}},
     }
     params["head"]["batch_norm"] = {"scale": jnp.ones(2)}
@@ -47,8 +49,9 @@ def test_decay_mask_exempts_norms_and_position_tables():
 
 def test_adamw_decays_only_masked_parameters_like_pytorch():
     params = {"w": jnp.ones(3), "norm": jnp.ones(3)}
-    tx = optim.make_optimizer("adamw", lambda _: 0.1, params, weight_decay=0.5,
-                              no_decay_patterns=("norm",))
+    tx = optim.make_optimizer(
+        "adamw", lambda _: 0.1, params, weight_decay=0.5, no_decay_patterns=("norm",)
+    )
     zero = {"w": jnp.zeros(3), "norm": jnp.zeros(3)}
     updates, _ = tx.update(zero, tx.init(params), params)
     new = optax.apply_updates(params, updates)

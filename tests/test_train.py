@@ -1,4 +1,4 @@
-"""End to end: train steps on 8 CPU devices, resume after SIGTERM, eval-only, bad workdirs, NaN guard.
+"""End to end: training on 8 CPU devices, SIGTERM + resume, eval-only, bad workdirs, NaN guard.
 
 All runs use a micro UPerNet-Swin on 64x64 crops of the demo dataset, built once per module.
 """

@@ -18,7 +18,12 @@ Cost: the loss is computed in row blocks of `block_size` anchors against column 
 `column_block_size` samples, only over the valid prefix of each anchor set (a dynamic trip count),
 so the work follows the number of sampled anchors, not the capacity. A custom VJP computes the
 gradient in the same blocked pass as the loss (three matmuls per term, no recomputation) and keeps
-only O(N*D) residuals: no float matrix larger than [block, N] per group is alive.
+only O(N*D) residuals: no float matrix larger than [block, N] per group is alive. Consequences:
+- reverse-mode, first-order differentiation only (no jvp, no Hessians);
+- the kernel takes a leading group axis itself and loops to the largest valid extent over groups:
+  `contrastive_loss_for_batch` uses it that way. Under `jax.vmap` of the one-group functions the
+  results are the same but the loops run with batched predicates (slower);
+- on GPU/TPU, larger blocks than the CPU-tuned defaults (e.g. 1024 x 4096) cut loop overhead.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ def total_loss(
 
     outputs: the model's SegOutputs (logits [B,H,W,K], aux_logits or None, embeddings finest first);
     labels: int32 [B,H,W], -1 = ignore; key: randomness of the contrastive sampler;
-    contrastive_kwargs: keyword arguments of `losses.contrastive_loss_for_batch` (without the arrays).
+    contrastive_kwargs: keyword arguments of `losses.contrastive_loss_for_batch` (no arrays).
     Metric keys: loss, loss_ce, loss_aux, loss_contrastive, and the contrastive loss's own terms.
     """
     metrics = {}

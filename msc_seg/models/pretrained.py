@@ -40,9 +40,13 @@ class PretrainedError(ValueError):
     """A pretrained-weights directory that cannot be applied to the model."""
 
 
-def read_pretrained(path: str | pathlib.Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def read_pretrained(
+    path: str | pathlib.Path, *, at: str | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Read an import_weights output directory.
 
+    at: where the file's target tree sits in the model, e.g. "" to load a backbone file into a
+      bare backbone; None: `backbone/` for backbone files, the root for model files.
     Returns (arrays keyed by their path from the model root, e.g. `backbone/patch_embed/proj/
     kernel` for a backbone file; the manifest dict).
     """
@@ -60,7 +64,10 @@ def read_pretrained(path: str | pathlib.Path) -> tuple[dict[str, np.ndarray], di
         raise PretrainedError(
             f"{manifest_file}: target={target!r} is not one of {TARGETS}; re-run import_weights"
         )
-    prefix = "" if target == "model" else f"{target}/"
+    if at is None:
+        at = "" if target == "model" else target
+    prefix = f"{at.strip('/')}/" if at.strip("/") else ""
+    manifest["applied_at"] = prefix
     with np.load(params_file) as npz:
         arrays = {prefix + k: npz[k] for k in npz.files}
     return arrays, manifest
@@ -84,6 +91,16 @@ def _list(keys, limit: int = _MAX_LISTED) -> str:
     keys = sorted(keys)
     more = f" ... and {len(keys) - limit} more" if len(keys) > limit else ""
     return ", ".join(keys[:limit]) + more
+
+
+def _by_root(keys) -> str:
+    """Keys listed one by one when few, else counted per top-level subtree."""
+    if len(keys) <= _MAX_LISTED:
+        return _list(keys)
+    counts: dict[str, int] = {}
+    for k in keys:
+        counts[k.split("/")[0]] = counts.get(k.split("/")[0], 0) + 1
+    return ", ".join(f"{root}/* ({n})" for root, n in sorted(counts.items()))
 
 
 def _fill(
@@ -146,7 +163,7 @@ def _check(
             f"{source}: none of its {len(arrays)} arrays matches a model variable (file: "
             f"{_list(arrays, 5)}; model: {_list(missing, 5)}); {_shape_hint(manifest)}"
         )
-    prefix = "" if manifest["target"] == "model" else f"{manifest['target']}/"
+    prefix = manifest["applied_at"]
     known_missing = {prefix + k: why for k, why in manifest.get("missing", {}).items()}
     file_roots = {k.split("/")[0] for k in arrays}
     unused = set(arrays) - loaded
@@ -160,15 +177,13 @@ def _check(
         reasons = sorted({known_missing[k] for k in expected})
         log(f"  missing by design ({len(expected)}): {_list(expected)} [{'; '.join(reasons)}]")
     if other_missing:
-        log(
-            f"  not in the file, left at init ({len(other_missing)}): {_list(other_missing)}"
-        )
+        log(f"  not in the file, left at init ({len(other_missing)}): {_by_root(other_missing)}")
     if unused:
         log(f"  in the file but not in the model ({len(unused)}): {_list(unused)}")
     if strict and (bad_missing or bad_unused):
         raise PretrainedError(
             f"{source} does not fit the model: "
-            + (f"model variables missing from the file: {_list(bad_missing)}; " if bad_missing else "")
+            + (f"model variables not in the file: {_list(bad_missing)}; " if bad_missing else "")
             + (f"file arrays the model lacks: {_list(bad_unused)}; " if bad_unused else "")
             + f"{_shape_hint(manifest)}; pass strict=False to load the matching part only"
         )
@@ -198,8 +213,14 @@ def apply_pretrained(
         _path_key(p[:1]) for tree in (state.params, state.rest) for p, _ in nnx.to_flat_state(tree)
     }
     _check(
-        arrays, manifest, loaded_p | loaded_r, missing_p | missing_r, roots,
-        source=source, strict=strict, log=log,
+        arrays,
+        manifest,
+        loaded_p | loaded_r,
+        missing_p | missing_r,
+        roots,
+        source=source,
+        strict=strict,
+        log=log,
     )
     return state.replace(params=params, rest=rest)
 
@@ -208,12 +229,14 @@ def load_pretrained_into_model(
     model: nnx.Module,
     path: str | pathlib.Path,
     *,
+    at: str | None = None,
     strict: bool = True,
     log: Callable[[str], None] = print,
 ) -> nnx.Module:
     """Like `apply_pretrained`, for an nnx model (updated in place and returned), e.g. for
-    inference or tests."""
-    arrays, manifest = read_pretrained(path)
+    inference or tests. at: see `read_pretrained` ("" loads a backbone file into a bare
+    backbone)."""
+    arrays, manifest = read_pretrained(path, at=at)
     source = str(path)
     weights = nnx.state(model, (nnx.Param, nnx.BatchStat))
     new, loaded, missing = _fill(weights, arrays, source, _shape_hint(manifest))
