@@ -217,7 +217,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             if c.model.pretrained:
                 from msc_seg.models.pretrained import apply_pretrained
 
-                state = apply_pretrained(state, c.model.pretrained)
+                state = apply_pretrained(state, c.model.pretrained, log=reporting.log_and_print)
         num_params = sum(x.size for x in jax.tree.leaves(state.params))
         reporting.log_and_print(
             f"Model {c.model.name}/{c.model.backbone}: {num_params:,} parameters; "

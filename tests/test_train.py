@@ -40,7 +40,7 @@ def micro_config(data_dir, **overrides):
     c.model.decoder_channels = 16
     c.model.aux_channels = 8
     c.model.embedding_dim = 16
-    c.loss.contrastive.weight = 0.0
+    c.loss.contrastive.weight = 0.1  # CE + 0.4 aux + 0.1 (MS + CS), as the paper
     c.log_every_steps = 1
     c.eval_every_steps = 1000
     c.checkpoint_every_steps = 1000
@@ -109,6 +109,13 @@ def test_train_steps_on_eight_devices_write_logs_checkpoint_and_eval(unbroken):
     train_lines = [x for x in lines if "loss" in x]
     assert [x["step"] for x in train_lines] == [1, 2, 3, 4]
     assert all(np.isfinite(x["loss"]) and x["loss_ce"] > 0 for x in train_lines)
+    for key in ("loss_aux", "loss_contrastive", "loss_ms/s0", "loss_ms/s3", "loss_cs/high_low",
+                "loss_cs/high_mid", "num_anchors/s0", "views_per_class/s0", "learning_rate"):
+        assert key in train_lines[0], key
+    assert train_lines[0]["num_anchors/s0"] > 0 and train_lines[0]["loss_ms/s0"] > 0
+    first = train_lines[0]
+    total = first["loss_ce"] + 0.4 * first["loss_aux"] + 0.1 * first["loss_contrastive"]
+    assert first["loss"] == pytest.approx(total, rel=1e-5)
     assert train_lines[0]["loss"] != train_lines[-1]["loss"]
     assert json.loads((workdir / "config.json").read_text())["total_steps"] == 4
     assert list(workdir.glob("events.out.tfevents.*")), "no TensorBoard event file"

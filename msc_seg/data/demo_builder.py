@@ -99,8 +99,8 @@ def generate_scene(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         label[mask] = BUILDING
         ignore |= _ring(mask)
         ignore &= ~mask
-        # Window grid: cells of 4..6 x 4..7 px with gaps, clear of the building's edges.
-        wh, ww = int(rng.integers(4, 7)), int(rng.integers(4, 8))
+        # Window grid: cells of 5..7 x 5..8 px with gaps, clear of the building's edges.
+        wh, ww = int(rng.integers(5, 8)), int(rng.integers(5, 9))
         gap = int(rng.integers(3, 6))
         row, col = (yy - top - 4) // (wh + gap), (xx - x0 - 3) // (ww + gap)
         on_grid = ((yy - top - 4) - row * (wh + gap) < wh) & ((xx - x0 - 3) - col * (ww + gap) < ww)
@@ -127,7 +127,7 @@ def generate_scene(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
 
     for klass, count, radii in (
         (BOULDER, rng.integers(0, 3), (13, 22)),
-        (PEBBLE, rng.integers(1, 6), (3.5, 6.5)),
+        (PEBBLE, rng.integers(1, 6), (5.0, 8.0)),
     ):
         for _ in range(count):
             r = rng.uniform(*radii)
@@ -144,14 +144,14 @@ def generate_scene(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     # Birds (sky) and holes (ground): the same dark colour, only the context differs.
     dark = np.array([45, 30, 55]) + rng.uniform(-10, 10, 3)
     for _ in range(rng.integers(1, 5)):
-        r = rng.uniform(3, 6)
+        r = rng.uniform(5, 8)
         where = place_on_ground(r)
         if where is not None:
             mask = _ellipse(yy, xx, where[0], where[1], r * 0.7, r) & (label == GROUND)
             image[mask] = dark
             label[mask] = HOLE
     for _ in range(rng.integers(0, 5)):
-        r = rng.uniform(3.5, 6)
+        r = rng.uniform(5, 8)
         cx = rng.uniform(r, s - r)
         cy = rng.uniform(r, max(r + 1, horizon[int(cx)] - r - 2))
         mask = _ellipse(yy, xx, cy, cx, r * 0.65, r) & (label == SKY)
@@ -189,8 +189,11 @@ class DemoConfig(tfds.core.BuilderConfig):
 class MscSegDemo(tfds.core.GeneratorBasedBuilder):
     """Procedural 8-class scenes (see the module docstring); builds offline in seconds."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First version."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "First version.",
+        "1.1.0": "Larger windows, pebbles, birds and holes (learnable at stride 4 in minutes).",
+    }
     BUILDER_CONFIGS = [DemoConfig(name="default", description="seed 0, 400 train / 100 val")]
 
     def _info(self) -> tfds.core.DatasetInfo:

@@ -24,8 +24,18 @@ from msc_seg.models.uper_head import UPerHead
 PROJECTOR_POSITIONS = ("fpn", "backbone")
 
 
+def make_uper_backbone(name: str, *, drop_path_rate: float, window_size: int | None, **kw):
+    """A 4-stage backbone at strides 4-32 for UPerNet: Swin (`swin_*`) or ResNet (`resnet*`,
+    output stride 32, the classic mmseg UPerNet-R50/R101)."""
+    if name.startswith("resnet"):
+        from msc_seg.models.resnet import make_resnet
+
+        return make_resnet(name, output_stride=32, **kw)
+    return make_swin(name, drop_path_rate=drop_path_rate, window_size=window_size, **kw)
+
+
 class UPerNetSegmentor(nnx.Module):
-    """UPerNet (mmseg/HF style) on a Swin backbone.
+    """UPerNet (mmseg/HF style) on a Swin (or ResNet, `make_uper_backbone`) backbone.
 
     images [B,H,W,3] (H, W multiples of 32) -> SegOutputs with
       logits / aux_logits float32 [B,H,W,num_classes];
@@ -70,7 +80,7 @@ class UPerNetSegmentor(nnx.Module):
         self.align_corners = align_corners
         self.projector_position = projector_position
         self.aux_in_index = aux_in_index
-        self.backbone = make_swin(
+        self.backbone = make_uper_backbone(
             backbone, drop_path_rate=drop_path_rate, window_size=window_size, **kw
         )
         stage_channels = self.backbone.out_channels
