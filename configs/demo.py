@@ -3,8 +3,8 @@
 
 Trains in a few minutes on a 2-core CPU (val mIoU ~0.7 after 300-400 steps). The backbone is a tiny
 ResNet (`resnet_tiny_test`, output stride 32): a tiny Swin trained from scratch learns the demo's
-large classes as fast but its small ones (windows, pebbles, birds, holes) far more slowly, so it does
-not fit a few-minute budget (`--config.model.backbone=swin_tiny_test` to try it).
+large classes as fast but its small ones (windows, pebbles, birds, holes) far more slowly, so it
+does not fit a few-minute budget (`--config.model.backbone=swin_tiny_test` to try it).
     python -m msc_seg.main --config=configs/demo.py --workdir=runs/demo
 Arguments (`--config=configs/demo.py:steps=200,contrastive=0`): steps, contrastive (the weight).
 """
