@@ -54,8 +54,8 @@ def run_evaluation(
     num_images: int = 0,
     palette: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Accumulates the confusion matrix over all batches -> (int64 [K,K], overlay images)."""
-    total = None
+    """Sums the confusion matrices of all batches -> (int64 [K,K], overlay images)."""
+    per_batch = []  # device arrays, fetched at the end so the loop never waits on a batch
     images = {}
     keys = ("image", "label", "image_hw", "label_hw")
     for batch in batches:
@@ -63,8 +63,7 @@ def run_evaluation(
             {k: batch[k] for k in keys if k in batch}, mesh
         )
         cm, pred = eval_step(state, device_batch)
-        cm = np.asarray(jax.device_get(cm), np.int64)
-        total = cm if total is None else total + cm
+        per_batch.append(cm)
         if num_images and not images and palette is not None:
             n = min(num_images, len(batch["label"]))
             pred_np = np.asarray(jax.device_get(pred))[:n]
@@ -76,8 +75,10 @@ def run_evaluation(
                     "prediction": reporting.overlay(rgb, pred_np, palette),
                     "label": reporting.overlay(rgb, label, palette),
                 }
-    if total is None:
+    if not per_batch:
         raise ValueError("the evaluation split yielded no batch; check dataset.eval_split")
+    # Summed in int64 on the host: a whole split's pixel counts can exceed int32.
+    total = sum(np.asarray(cm, np.int64) for cm in jax.device_get(per_batch))
     return total, images
 
 

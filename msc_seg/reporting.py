@@ -39,6 +39,10 @@ class Reporter:
         self._last_time = time.time()
         self._last_step = start_step
 
+    def restart_clock(self, step: int) -> None:
+        """Measures steps/s from `step` on, starting now (e.g. after resuming)."""
+        self._last_time, self._last_step = time.time(), step
+
     def write_scalars(self, step: int, scalars: dict[str, float], *, progress: bool = True) -> None:
         scalars = {k: float(v) for k, v in scalars.items()}
         if progress:

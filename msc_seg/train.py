@@ -259,7 +259,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 def _train_loop(run: Run, state, start: int, train_step, train_iter, key) -> dict:
     c = run.config
     reporter = run.reporter
-    reporter._last_step = start
+    reporter.restart_clock(start)
     results: dict = {}
     pending = None  # (step, metrics) of the previous step: fetched one step late, never blocks
     acc, acc_n = None, 0

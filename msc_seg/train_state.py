@@ -42,7 +42,7 @@ class ModelDef:
     """The static half of the split model; merged with a TrainState's params/rest it is a model."""
 
     graphdef: Any
-    rng: Any  # abstract-free RNG state template (keys are reseeded every step)
+    rng: Any  # concrete RNG state template; the train step reseeds its keys every step
 
     def merge(self, params, rest) -> nnx.Module:
         return nnx.merge(self.graphdef, params, self.rng, rest, copy=True)
