@@ -31,10 +31,6 @@ def replicated_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def data_axis_size(mesh: Mesh) -> int:
-    return mesh.shape[DATA_AXIS]
-
-
 def host_batch_to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """Turns this host's slice of the global batch into global arrays sharded on `data`.
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
+import os
 import pathlib
 import signal
 import time
@@ -16,7 +18,13 @@ import numpy as np
 from msc_seg import checkpointing, config_lib, evaluate, reporting
 from msc_seg import mesh as mesh_lib
 from msc_seg.data import pipeline, registry
-from msc_seg.train_state import ModelDef, TrainState, make_state_factory, make_tx_builder
+from msc_seg.train_state import (
+    ModelDef,
+    TrainState,
+    count_params,
+    make_state_factory,
+    make_tx_builder,
+)
 from msc_seg.train_step import make_train_step
 
 
@@ -53,8 +61,7 @@ class Run:
 
 
 def resolve_data_dir(config) -> str:
-    import os
-
+    """dataset.data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
     if config.dataset.data_dir:
         return str(pathlib.Path(config.dataset.data_dir).expanduser())
     return os.environ.get("TFDS_DATA_DIR", str(pathlib.Path("~/tensorflow_datasets").expanduser()))
@@ -143,8 +150,6 @@ def evaluate_state(run: Run, state: TrainState, step: int) -> dict:
         run._eval_step = jax.jit(step_fn)
     batches = _eval_batches(run)
     if c.eval.max_examples:
-        import itertools
-
         batches = itertools.islice(batches, -(-c.eval.max_examples // c.eval.batch_size))
     cm, images = evaluate.run_evaluation(
         run._eval_step,
@@ -218,7 +223,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                 from msc_seg.models.pretrained import apply_pretrained
 
                 state = apply_pretrained(state, c.model.pretrained, log=reporting.log_and_print)
-        num_params = sum(x.size for x in jax.tree.leaves(state.params))
+        num_params = count_params(state.params)
         reporting.log_and_print(
             f"Model {c.model.name}/{c.model.backbone}: {num_params:,} parameters; "
             f"{jax.device_count()} devices, mesh {dict(run.mesh.shape)}"

@@ -19,7 +19,7 @@ from msc_seg.models.aspp import REFERENCE_ASPP_BN_EPS, ASPPHead
 from msc_seg.models.aspp import aspp_dilations as default_aspp_dilations
 from msc_seg.models.layers import TORCH_BN_EPS, resize_bilinear
 from msc_seg.models.outputs import SegOutputs
-from msc_seg.models.projector import Projector
+from msc_seg.models.projector import make_projectors, project_taps
 from msc_seg.models.resnet import make_resnet
 
 RESNET_LAYERS = ("layer1", "layer2", "layer3", "layer4")
@@ -89,10 +89,8 @@ class DeepLabV3Segmentor(nnx.Module):
             bn_epsilon=REFERENCE_ASPP_BN_EPS if aspp_reference_bn_eps else TORCH_BN_EPS,
             **kw,
         )
-        self.projectors = (
-            nnx.List([Projector(channels[i], embedding_dim, **kw) for i in self.tap_index])
-            if use_projectors
-            else None
+        self.projectors = make_projectors(
+            [channels[i] for i in self.tap_index], embedding_dim, use_projectors, **kw
         )
 
     def __call__(
@@ -106,22 +104,3 @@ class DeepLabV3Segmentor(nnx.Module):
             self.projectors, [feats[i] for i in self.tap_index], train, return_embeddings
         )
         return SegOutputs(logits, None, embeddings)
-
-
-def project_taps(
-    projectors: nnx.List | None,
-    taps: Sequence[jax.Array],
-    train: bool,
-    return_embeddings: bool,
-) -> tuple[jax.Array, ...]:
-    """Per-scale projector outputs (float32 [B,h_s,w_s,D], finest first), or () unless asked."""
-    if not return_embeddings:
-        return ()
-    if projectors is None:
-        raise ValueError(
-            "return_embeddings=True but the model was built with use_projectors=False "
-            "(enable the contrastive loss's projectors)"
-        )
-    return tuple(
-        proj(t, train=train).astype(jnp.float32) for proj, t in zip(projectors, taps, strict=True)
-    )

@@ -8,13 +8,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from msc_seg.models.deeplab import project_taps
 from msc_seg.models.hrnet import make_hrnet
 from msc_seg.models.hrnet_head import HRNetHead, concat_branches
 from msc_seg.models.layers import resize_bilinear
 from msc_seg.models.ocr_head import OCRHead, SoftRegionHead
 from msc_seg.models.outputs import SegOutputs
-from msc_seg.models.projector import Projector
+from msc_seg.models.projector import make_projectors, project_taps
 
 
 def _check_scales(num_scales: int, name: str) -> None:
@@ -66,10 +65,8 @@ class HRNetSegmentor(nnx.Module):
         self.decode_head = HRNetHead(
             sum(channels), num_classes, reference_head=reference_head, **kw
         )
-        self.projectors = (
-            nnx.List([Projector(c, embedding_dim, **kw) for c in channels[:num_scales]])
-            if use_projectors
-            else None
+        self.projectors = make_projectors(
+            channels[:num_scales], embedding_dim, use_projectors, **kw
         )
 
     def __call__(
@@ -142,10 +139,8 @@ class OCRNetSegmentor(nnx.Module):
             official=official_aux_head,
             **kw,
         )
-        self.projectors = (
-            nnx.List([Projector(c, embedding_dim, **kw) for c in channels[:num_scales]])
-            if use_projectors
-            else None
+        self.projectors = make_projectors(
+            channels[:num_scales], embedding_dim, use_projectors, **kw
         )
 
     def __call__(

@@ -7,6 +7,8 @@ No L2 normalisation here: the loss normalises the sampled vectors.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -57,3 +59,31 @@ class Projector(nnx.Module):
         x = jax.nn.relu(self.conv1(x))
         x = self.norm(x, use_running_average=not train)
         return self.conv2(x)
+
+
+def make_projectors(
+    channels: Sequence[int], embedding_dim: int, use: bool, **kw
+) -> nnx.List | None:
+    """One Projector per tap (channels finest first), or None when the model has none."""
+    if not use:
+        return None
+    return nnx.List([Projector(c, embedding_dim, **kw) for c in channels])
+
+
+def project_taps(
+    projectors: nnx.List | None,
+    taps: Sequence[jax.Array],
+    train: bool,
+    return_embeddings: bool,
+) -> tuple[jax.Array, ...]:
+    """Per-scale projector outputs (float32 [B,h_s,w_s,D], finest first), or () unless asked."""
+    if not return_embeddings:
+        return ()
+    if projectors is None:
+        raise ValueError(
+            "return_embeddings=True but the model was built with use_projectors=False "
+            "(enable the contrastive loss's projectors)"
+        )
+    return tuple(
+        proj(t, train=train).astype(jnp.float32) for proj, t in zip(projectors, taps, strict=True)
+    )

@@ -17,7 +17,7 @@ from flax import nnx
 from msc_seg.models.fcn_head import FCNHead
 from msc_seg.models.layers import resize_bilinear
 from msc_seg.models.outputs import SegOutputs
-from msc_seg.models.projector import Projector
+from msc_seg.models.projector import make_projectors, project_taps
 from msc_seg.models.swin import make_swin
 from msc_seg.models.uper_head import UPerHead
 
@@ -114,11 +114,7 @@ class UPerNetSegmentor(nnx.Module):
             if projector_position == "fpn"
             else stage_channels
         )
-        self.projectors = (
-            nnx.List([Projector(c, embedding_dim, **kw) for c in tap_channels])
-            if use_projectors
-            else None
-        )
+        self.projectors = make_projectors(tap_channels, embedding_dim, use_projectors, **kw)
 
     def _upsample(self, logits: jax.Array, size) -> jax.Array:
         return resize_bilinear(logits.astype(jnp.float32), size, align_corners=self.align_corners)
@@ -132,18 +128,8 @@ class UPerNetSegmentor(nnx.Module):
         aux = None
         if self.auxiliary_head is not None:
             aux = self._upsample(self.auxiliary_head(feats[self.aux_in_index], train=train), size)
-        embeddings: tuple[jax.Array, ...] = ()
-        if return_embeddings:
-            if self.projectors is None:
-                raise ValueError(
-                    "UPerNetSegmentor: return_embeddings=True but the model was built with "
-                    "use_projectors=False (enable the contrastive loss's projectors)"
-                )
-            taps = fpn_outs if self.projector_position == "fpn" else feats
-            embeddings = tuple(
-                proj(t, train=train).astype(jnp.float32)
-                for proj, t in zip(self.projectors, taps, strict=True)
-            )
+        taps = fpn_outs if self.projector_position == "fpn" else feats
+        embeddings = project_taps(self.projectors, taps, train, return_embeddings)
         return SegOutputs(self._upsample(logits, size), aux, embeddings)
 
 
