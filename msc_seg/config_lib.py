@@ -23,6 +23,14 @@ KNOWN_PROJECTOR_POSITIONS = ("fpn", "backbone")
 MODEL_STRIDE = 32
 # Number of projected feature scales (contrastive taps) per model; DeepLabV3's depends on its taps.
 MODEL_NUM_SCALES = {"upernet": 4, "hrnet": 4, "ocrnet": 4}
+DEEPLAB_LAYERS = ("layer1", "layer2", "layer3", "layer4")
+
+
+def model_num_scales(model: ml_collections.ConfigDict) -> int:
+    """Number of projected scales (contrastive taps) of the configured model."""
+    if model.name == "deeplabv3":
+        return len(model.taps)
+    return MODEL_NUM_SCALES[model.name]
 
 
 class ConfigError(ValueError):
@@ -88,6 +96,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.window_size = 7
     c.model.projector_position = "fpn"
     c.model.embedding_dim = 256
+    c.model.align_corners = False  # bilinear upsampling of logits (reference: True except UPerNet)
+    # DeepLabV3 only
+    c.model.output_stride = 8
+    c.model.aspp_channels = 256
+    c.model.aspp_dilations = ()  # () = by output stride: 12/24/36 at OS8, 6/12/18 at OS16
+    c.model.taps = ("layer1", "layer4")  # ResNet layers fed to the projectors, finest first
+    # HRNet / OCRNet only
+    c.model.ocr_channels = 512
+    c.model.ocr_key_channels = 256
+    c.model.reference_head = False  # HRNet: the reference's head variant (see docs/MODELS.md)
+    c.model.official_aux_head = False  # OCRNet: official HRNet-OCR 1x1 aux head
     c.model.dtype = "float32"  # compute dtype; params and BN statistics stay float32
     c.model.pretrained = ""  # a directory written by msc_seg.tools.import_weights
 
@@ -251,6 +270,18 @@ def validate(config: ml_collections.ConfigDict, facts: RuntimeFacts) -> None:
             c.model.projector_position,
             f"must be one of {list(KNOWN_PROJECTOR_POSITIONS)}",
         )
+    if c.model.name == "deeplabv3":
+        taps = tuple(c.model.taps)
+        known = all(t in DEEPLAB_LAYERS for t in taps)
+        if not taps or not known or list(taps) != sorted(set(taps), key=DEEPLAB_LAYERS.index):
+            raise _err(
+                "model.taps",
+                c.model.taps,
+                f"must be distinct names from {list(DEEPLAB_LAYERS)}, finest first, "
+                "e.g. ('layer1', 'layer4') or ('layer1', 'layer3', 'layer4')",
+            )
+        if c.model.output_stride not in (8, 16, 32):
+            raise _err("model.output_stride", c.model.output_stride, "must be 8, 16 or 32")
     if c.model.pretrained and not pathlib.Path(c.model.pretrained).exists():
         raise _err(
             "model.pretrained",
@@ -273,8 +304,8 @@ def validate(config: ml_collections.ConfigDict, facts: RuntimeFacts) -> None:
     if cc.weight > 0:
         if cc.temperature <= 0:
             raise _err("loss.contrastive.temperature", cc.temperature, "must be > 0")
-        scales = MODEL_NUM_SCALES.get(c.model.name)
-        if len(cc.scale_weights) < 1 or (scales and len(cc.scale_weights) != scales):
+        scales = model_num_scales(c.model)
+        if len(cc.scale_weights) != scales:
             raise _err(
                 "loss.contrastive.scale_weights",
                 cc.scale_weights,
@@ -328,6 +359,12 @@ STRUCTURAL_FIELDS = (
     "model.window_size",
     "model.projector_position",
     "model.embedding_dim",
+    "model.taps",
+    "model.aspp_channels",
+    "model.ocr_channels",
+    "model.ocr_key_channels",
+    "model.reference_head",
+    "model.official_aux_head",
     "optimizer.name",
 )
 

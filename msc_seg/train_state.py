@@ -70,6 +70,25 @@ def model_kwargs(config: ml_collections.ConfigDict, num_classes: int) -> dict[st
             window_size=m.window_size,
             projector_position=m.projector_position,
             use_aux=config.loss.aux_weight > 0,
+            align_corners=m.align_corners,
+        )
+    elif m.name == "deeplabv3":
+        kwargs.update(
+            output_stride=m.output_stride,
+            aspp_channels=m.aspp_channels,
+            aspp_dilations=tuple(m.aspp_dilations) or None,
+            taps=tuple(m.taps),
+            align_corners=m.align_corners,
+        )
+    elif m.name == "hrnet":
+        kwargs.update(reference_head=m.reference_head, align_corners=m.align_corners)
+    elif m.name == "ocrnet":
+        kwargs.update(
+            ocr_channels=m.ocr_channels,
+            key_channels=m.ocr_key_channels,
+            dropout=m.dropout,
+            official_aux_head=m.official_aux_head,
+            align_corners=m.align_corners,
         )
     return kwargs
 
