@@ -1,127 +1,76 @@
-"""`msc_seg_folder`: a tfds builder for a folder of images and single-channel label PNGs.
+"""`msc_seg_folder`: a tfds builder for datasets stored as image and label files on local disk.
 
-Layout under the root (folder names configurable):
+Where the files are is the config's `layout` (see `layouts.py`: split folders, Cityscapes,
+Pascal Context, CaDIS). Labels are single-channel raw ids (8-bit gray or palette indices), or,
+with `label_format="palette"`, RGB colours that the builder maps to class ids through the
+dataset's palette (class k -> id k, ignore colours and unknown colours -> 255).
 
-    images/<split>/NAME.(jpg|jpeg|png)
-    labels/<split>/NAME.png            single-channel raw ids (8-bit gray or palette indices)
-
-Splits are the sub-folders of `images/` (optionally renamed, e.g. ADE's training -> train).
-Before anything is written every pair is checked: unpaired files, unreadable or corrupt images
-and labels, labels that are not single-channel and label/image size mismatches raise
-`FolderDatasetError` naming the files. Encoded bytes are stored as they are (no re-encoding of
-JPEGs); only labels that are not 8-bit gray are re-encoded as PNG.
-Each dataset is a builder config named after it: data lands in
-`<data_dir>/msc_seg_folder/<config name>/<version>/`.
+Before anything is written every pair is checked (on a thread pool): unreadable or corrupt files,
+label/image size mismatches, labels with ids outside the dataset's known ids (or colours outside
+its palette) raise `FolderDatasetError` naming the files; with `unknown_label_ids="ignore"` the
+unknown ids are kept and read as ignore (`DatasetSpec.decode_label` maps every id it does not
+know to -1), and unknown colours are stored as 255 (ignore). Encoded image bytes are stored as
+they are (no re-encoding of JPEGs); only labels that are not 8-bit gray ids are re-encoded as PNG.
+Each dataset is a builder config: data lands in `<data_dir>/msc_seg_folder/<config>/<version>/`.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import os
 import pathlib
-import re
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 from PIL import Image, UnidentifiedImageError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-LABEL_SUFFIXES = (".png",)
+from msc_seg.data.layouts import FolderDatasetError, Pair, find_pairs, listing
+
+__all__ = ["FolderConfig", "FolderDatasetError", "MscSegFolder"]
+
 _LABEL_MODES = ("L", "P", "1", "I;16", "I")
-_MAX_LISTED = 10
-
-
-class FolderDatasetError(ValueError):
-    """The folder dataset on disk is malformed; the message names the files at fault."""
+PALETTE_IGNORE_ID = 255  # stored id of ignore (and unknown) colours of palette labels
+UNKNOWN_LABEL_POLICIES = ("error", "ignore")
+LABEL_FORMATS = ("ids", "palette")
 
 
 @dataclasses.dataclass
 class FolderConfig(tfds.core.BuilderConfig):
-    """One folder dataset: `name` (the dataset), its root folder and its class names.
+    """One folder dataset: `name` (the build's name), its root folder, layout and label rules.
 
-    `root` is only needed to build; reading an already built dataset needs the name only.
+    `root` (and the checking fields) are only needed to build; reading a built dataset needs the
+    name only.
+
+    Attributes:
+      root: folder to build from.
+      layout: a key of `layouts.LAYOUTS`.
+      image_dir, label_dir, split_names: folder names of the `split_folders` layout; split_names
+        are (folder name, split name) pairs renaming split folders, e.g. ("training", "train").
+      label_format: "ids" (single-channel raw ids) or "palette" (RGB colours of `palette`).
+      known_label_ids: the raw ids a label may hold ("ids" format); empty = not checked.
+      palette: "palette" format: the colour of class k, as (r, g, b).
+      ignore_colors: "palette" format: colours that mean ignore.
+      unknown_label_ids: "error" (default) or "ignore": what ids outside known_label_ids (or
+        colours outside palette + ignore_colors) do at build time.
     """
 
     root: str | None = None
-    class_names: tuple[str, ...] = ()
+    layout: str = "split_folders"
     image_dir: str = "images"
     label_dir: str = "labels"
-    # (folder name, split name) pairs renaming split folders, e.g. ("training", "train").
     split_names: tuple[tuple[str, str], ...] = ()
+    label_format: str = "ids"
+    known_label_ids: tuple[int, ...] = ()
+    palette: tuple[tuple[int, int, int], ...] = ()
+    ignore_colors: tuple[tuple[int, int, int], ...] = ()
+    unknown_label_ids: str = "error"
 
 
-@dataclasses.dataclass(frozen=True)
-class _Pair:
-    name: str
-    image: pathlib.Path
-    label: pathlib.Path
-
-
-def _listing(paths) -> str:
-    paths = sorted(str(p) for p in paths)
-    more = f" ... and {len(paths) - _MAX_LISTED} more" if len(paths) > _MAX_LISTED else ""
-    return ", ".join(paths[:_MAX_LISTED]) + more
-
-
-def _files_by_stem(folder: pathlib.Path, suffixes) -> dict[str, pathlib.Path]:
-    files: dict[str, pathlib.Path] = {}
-    for path in sorted(folder.iterdir()):
-        if not path.is_file() or path.suffix.lower() not in suffixes:
-            continue
-        if path.stem in files:
-            raise FolderDatasetError(
-                f"Two files share the name {path.stem!r}: {files[path.stem]} and {path}. "
-                "Keep one file per example name."
-            )
-        files[path.stem] = path
-    return files
-
-
-def discover_splits(root: pathlib.Path, image_dir: str, label_dir: str) -> list[str]:
-    """Split names (sub-folders of root/image_dir), checked against root/label_dir."""
-    images_root, labels_root = root / image_dir, root / label_dir
-    for folder in (root, images_root, labels_root):
-        if not folder.is_dir():
-            raise FolderDatasetError(
-                f"Folder dataset: {folder} does not exist or is not a folder. Expected "
-                f"{images_root}/<split>/NAME.(jpg|png) and {labels_root}/<split>/NAME.png."
-            )
-    splits = sorted(p.name for p in images_root.iterdir() if p.is_dir())
-    if not splits:
-        raise FolderDatasetError(f"Folder dataset: no split folders in {images_root}.")
-    label_splits = sorted(p.name for p in labels_root.iterdir() if p.is_dir())
-    missing = [labels_root / s for s in splits if s not in label_splits]
-    extra = [labels_root / s for s in label_splits if s not in splits]
-    if missing or extra:
-        raise FolderDatasetError(
-            "Folder dataset: image and label split folders differ. "
-            + (f"Missing label folders: {_listing(missing)}. " if missing else "")
-            + (f"Label folders without images: {_listing(extra)}." if extra else "")
-        )
-    bad = [s for s in splits if not re.fullmatch(r"\w+", s)]
-    if bad:
-        raise FolderDatasetError(
-            f"Folder dataset: split folder names must be letters, digits or '_': {bad} in "
-            f"{images_root}. Rename them (e.g. 'train', 'val')."
-        )
-    return splits
-
-
-def pair_files(image_folder: pathlib.Path, label_folder: pathlib.Path) -> list[_Pair]:
-    """Image/label pairs by file stem; raises naming every unpaired file."""
-    images = _files_by_stem(image_folder, IMAGE_SUFFIXES)
-    labels = _files_by_stem(label_folder, LABEL_SUFFIXES)
-    lonely_images = [images[n] for n in images if n not in labels]
-    lonely_labels = [labels[n] for n in labels if n not in images]
-    if lonely_images or lonely_labels:
-        raise FolderDatasetError(
-            "Folder dataset: unpaired files. "
-            + (f"Images without a label: {_listing(lonely_images)}. " if lonely_images else "")
-            + (f"Labels without an image: {_listing(lonely_labels)}. " if lonely_labels else "")
-            + "Every images/<split>/NAME.* needs a labels/<split>/NAME.png and vice versa."
-        )
-    if not images:
-        raise FolderDatasetError(f"Folder dataset: no images in {image_folder}.")
-    return [_Pair(name, images[name], labels[name]) for name in sorted(images)]
+# ---------------------------------------------------------------------------------------------
+# Reading one label.
 
 
 def _open_fully(path: pathlib.Path, what: str) -> Image.Image:
@@ -140,7 +89,8 @@ def label_array(image: Image.Image, path: pathlib.Path) -> np.ndarray:
     if image.mode not in _LABEL_MODES:
         raise FolderDatasetError(
             f"Folder dataset: label {path} has mode {image.mode!r}; labels must be "
-            "single-channel class ids (8-bit gray or palette). Convert colour-coded labels to ids."
+            "single-channel class ids (8-bit gray or palette). Convert colour-coded labels to ids, "
+            "or register the dataset with label_format='palette' to map colours to classes."
         )
     ids = np.asarray(image)
     if ids.max(initial=0) > 255:
@@ -151,21 +101,140 @@ def label_array(image: Image.Image, path: pathlib.Path) -> np.ndarray:
     return ids.astype(np.uint8)
 
 
-def check_pair(pair: _Pair) -> None:
-    """Raises FolderDatasetError if either file is unreadable or the sizes differ."""
+def unknown_ids(ids: np.ndarray, known: Sequence[int]) -> tuple[int, ...]:
+    """The distinct values of uint8 `ids` [H,W] that are not in `known` (sorted)."""
+    present = np.flatnonzero(np.bincount(ids.ravel(), minlength=256))
+    known = set(known)
+    return tuple(int(v) for v in present if v not in known)
+
+
+def _colour_codes(colours) -> np.ndarray:
+    colours = np.asarray(colours, np.int64).reshape(-1, 3)
+    return (colours[:, 0] << 16) | (colours[:, 1] << 8) | colours[:, 2]
+
+
+def colours_to_ids(
+    rgb: np.ndarray, palette: Sequence[Sequence[int]], ignore_colors: Sequence[Sequence[int]]
+) -> tuple[np.ndarray, tuple[tuple[int, int, int], ...]]:
+    """RGB label uint8 [H,W,3] -> (ids uint8 [H,W], colours found in neither list).
+
+    Colour `palette[k]` becomes id k; ignore colours and unknown colours become 255.
+    """
+    lookup = {int(c): PALETTE_IGNORE_ID for c in _colour_codes(ignore_colors)}
+    lookup.update({int(c): k for k, c in enumerate(_colour_codes(palette))})
+    codes, inverse = np.unique(_colour_codes(rgb), return_inverse=True)
+    values = np.array([lookup.get(int(c), PALETTE_IGNORE_ID) for c in codes], np.uint8)
+    unknown = tuple(
+        (int(c) >> 16, (int(c) >> 8) & 255, int(c) & 255) for c in codes if int(c) not in lookup
+    )
+    return values[inverse.ravel()].reshape(rgb.shape[:2]), unknown
+
+
+def read_label(image: Image.Image, path: pathlib.Path, config: FolderConfig):
+    """(ids uint8 [H,W], unknown values) of a label image under `config`'s label rules.
+
+    Unknown values are ids outside `known_label_ids` ("ids" format) or (r, g, b) colours outside
+    the palette and ignore colours ("palette" format).
+    """
+    if config.label_format == "palette":
+        return colours_to_ids(
+            np.asarray(image.convert("RGB")), config.palette, config.ignore_colors
+        )
+    ids = label_array(image, path)
+    return ids, unknown_ids(ids, config.known_label_ids) if config.known_label_ids else ()
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking every pair before writing.
+
+
+@dataclasses.dataclass(frozen=True)
+class _UnknownValues:
+    label: pathlib.Path
+    values: tuple
+
+
+def check_pair(pair: Pair, config: FolderConfig) -> _UnknownValues | None:
+    """Raises FolderDatasetError if a file is unreadable or the sizes differ; returns the label's
+    unknown ids / colours, if any."""
     image = _open_fully(pair.image, "image")
     label = _open_fully(pair.label, "label")
-    label_array(label, pair.label)
     if image.size != label.size:
         (iw, ih), (lw, lh) = image.size, label.size
         raise FolderDatasetError(
             f"Folder dataset: label {pair.label} is {lh}x{lw} (HxW) but image {pair.image} is "
             f"{ih}x{iw}. Labels must have the size of their image."
         )
+    _, unknown = read_label(label, pair.label, config)
+    return _UnknownValues(pair.label, unknown) if unknown else None
+
+
+def _id_ranges(ids: Sequence[int]) -> str:
+    """'0-33, 255' for (0, 1, ..., 33, 255)."""
+    ids, parts, start = sorted(ids), [], None
+    for i, v in enumerate(ids):
+        start = v if start is None else start
+        if i + 1 == len(ids) or ids[i + 1] != v + 1:
+            parts.append(str(v) if start == v else f"{start}-{v}")
+            start = None
+    return ", ".join(parts)
+
+
+def _unknown_values_message(config: FolderConfig, problems: list[_UnknownValues]) -> str:
+    if config.label_format == "palette":
+        what = "colours that are neither class colours nor ignore colours"
+    else:
+        what = f"ids outside the dataset's label ids ({_id_ranges(config.known_label_ids)})"
+    shown = "; ".join(
+        f"{p.label} ({', '.join(map(str, p.values[:8]))}{' ...' if len(p.values) > 8 else ''})"
+        for p in problems[:10]
+    )
+    more = f"; ... and {len(problems) - 10} more files" if len(problems) > 10 else ""
+    return (
+        f"Folder dataset {config.name!r}: {len(problems)} label files hold {what}: {shown}{more}."
+    )
+
+
+def check_pairs(pairs: list[Pair], config: FolderConfig) -> None:
+    """Checks every pair on a thread pool; unknown label values raise unless configured to be
+    ignored (then a warning says how many files had them)."""
+    workers = min(8, os.cpu_count() or 1)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        problems = [p for p in pool.map(lambda pair: check_pair(pair, config), pairs) if p]
+    if not problems:
+        return
+    message = _unknown_values_message(config, problems)
+    if config.unknown_label_ids == "ignore":
+        logging.warning("%s They are read as ignore (unknown_label_ids='ignore').", message)
+        return
+    raise FolderDatasetError(
+        f"{message} Fix these files, or map the unknown values to ignore: rebuild with "
+        "`python -m msc_seg.data.prepare ... --unknown_label_ids=ignore`."
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The builder.
+
+
+def _check_config(config: FolderConfig) -> pathlib.Path:
+    """The root folder to build from; raises if the config cannot build anything."""
+    if not config.root:
+        raise FolderDatasetError(
+            f"Folder dataset {config.name!r}: no root folder given to build it from "
+            "(pass --root=FOLDER to `python -m msc_seg.data.prepare`)."
+        )
+    if config.unknown_label_ids not in UNKNOWN_LABEL_POLICIES:
+        raise ValueError(
+            f"unknown_label_ids={config.unknown_label_ids!r}: use one of {UNKNOWN_LABEL_POLICIES}."
+        )
+    if config.label_format not in LABEL_FORMATS:
+        raise ValueError(f"label_format={config.label_format!r}: use one of {LABEL_FORMATS}.")
+    return pathlib.Path(config.root).expanduser()
 
 
 class MscSegFolder(tfds.core.GeneratorBasedBuilder):
-    """Images + single-channel label PNGs from a folder; see the module docstring."""
+    """Images + label files from a local folder; see the module docstring."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First version."}
@@ -174,9 +243,11 @@ class MscSegFolder(tfds.core.GeneratorBasedBuilder):
         config = self.builder_config
         return tfds.core.DatasetInfo(
             builder=self,
+            # No class names: several datasets may read one build with their own label
+            # tables (the CaDIS experiments), so the stored labels are raw ids.
             description=(
-                f"Folder dataset {config.name!r}: classes {list(config.class_names)}. "
-                "Labels are raw stored ids."
+                f"Folder dataset {config.name!r} ({config.layout} layout). Labels are raw stored "
+                "ids; the registry's DatasetSpec maps them to classes."
             ),
             features=tfds.features.FeaturesDict(
                 {
@@ -191,31 +262,34 @@ class MscSegFolder(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager):
         del dl_manager  # Reads local files only.
         config = self.builder_config
-        if not config.root:
-            raise FolderDatasetError(
-                f"Folder dataset {config.name!r}: no root folder given to build it from "
-                "(pass --root=FOLDER to `python -m msc_seg.data.prepare`)."
-            )
-        root = pathlib.Path(config.root).expanduser()
-        renames = dict(config.split_names)
-        generators = {}
-        for folder in discover_splits(root, config.image_dir, config.label_dir):
-            pairs = pair_files(root / config.image_dir / folder, root / config.label_dir / folder)
-            for pair in pairs:
-                check_pair(pair)
-            generators[renames.get(folder, folder)] = self._generate_examples(pairs)
-        return generators
+        root = _check_config(config)
+        splits = find_pairs(
+            config.layout,
+            root,
+            image_dir=config.image_dir,
+            label_dir=config.label_dir,
+            split_names=config.split_names,
+        )
+        check_pairs([pair for pairs in splits.values() for pair in pairs], config)
+        logging.info(
+            "Building %s from %s: %s",
+            config.name,
+            root,
+            listing(f"{split} {len(pairs)}" for split, pairs in splits.items()),
+        )
+        return {split: self._generate_examples(pairs) for split, pairs in splits.items()}
 
-    def _generate_examples(self, pairs):
+    def _generate_examples(self, pairs: list[Pair]):
+        config = self.builder_config
         for pair in pairs:
             label = Image.open(pair.label)
-            if label.mode == "L":
+            if config.label_format == "ids" and label.mode == "L":
                 label_value = pair.label.read_bytes()
             else:
-                label_value = label_array(label, pair.label)[..., None]
+                label_value = read_label(label, pair.label, config)[0][..., None]
             image = Image.open(pair.image)
             if image.format in ("JPEG", "PNG") and image.mode in ("RGB", "L", "RGBA", "P"):
                 image_value = pair.image.read_bytes()
             else:  # e.g. CMYK JPEG: decode here, stored as PNG.
                 image_value = np.asarray(image.convert("RGB"))
-            yield pair.name, {"image": image_value, "label": label_value, "name": pair.name}
+            yield pair.key, {"image": image_value, "label": label_value, "name": pair.name}

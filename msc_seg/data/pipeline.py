@@ -51,10 +51,18 @@ class DatasetNotPreparedError(RuntimeError):
     """The dataset is not built in `data_dir`; the message says how to build it."""
 
 
-def make_builder(spec: DatasetSpec, data_dir: str, *, root: str | None = None):
+def make_builder(
+    spec: DatasetSpec,
+    data_dir: str,
+    *,
+    root: str | None = None,
+    unknown_label_ids: str = "error",
+):
     """The tfds builder of `spec` reading from / writing to `data_dir`.
 
     `root` (folder datasets only) is the folder to build from; reading needs no root.
+    `unknown_label_ids` ("error" or "ignore", folder datasets only) is what label ids outside the
+    dataset's known raw ids do when building.
     """
     if spec.source == "demo":
         return MscSegDemo(data_dir=data_dir)
@@ -62,10 +70,15 @@ def make_builder(spec: DatasetSpec, data_dir: str, *, root: str | None = None):
         config = FolderConfig(
             name=spec.tfds_name,
             root=root,
-            class_names=spec.class_names,
+            layout=spec.layout,
             image_dir=spec.image_dir,
             label_dir=spec.label_dir,
             split_names=spec.split_folders,
+            label_format=spec.label_format,
+            known_label_ids=spec.known_raw_ids,
+            palette=tuple(tuple(int(v) for v in c) for c in spec.palette),
+            ignore_colors=spec.ignore_colors,
+            unknown_label_ids=unknown_label_ids,
         )
         return MscSegFolder(config=config, data_dir=data_dir)
     if spec.source == "tfds":
@@ -85,12 +98,13 @@ def preparation_instructions(spec: DatasetSpec, data_dir: str) -> str:
             f"{spec.download_hint}\nThen build it with: python -m msc_seg.data.prepare "
             f"--dataset={spec.name} --data_dir={data_dir} --root=/path/to/{spec.name}_root"
         )
-    builder_cls = tfds.builder_cls(spec.tfds_name)
+    builder_cls = tfds.builder_cls(spec.tfds_name.split("/")[0])  # name without its config
     manual = getattr(builder_cls, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
     text = (
-        f"Build it with: tfds build {spec.tfds_name} --data_dir={data_dir}"
+        f"It is a tensorflow-datasets catalog dataset: build it with: tfds build "
+        f"{spec.tfds_name} --data_dir={data_dir}"
         + (" --manual_dir=/path/to/downloaded_files" if manual else "")
-        + (f"\nManual download: {manual.strip()}" if manual else "")
+        + (f"\nManual download: {' '.join(manual.split())}" if manual else "")
     )
     return f"{spec.download_hint}\n{text}" if spec.download_hint else text
 
@@ -105,13 +119,21 @@ def _prepared_builder(spec: DatasetSpec, data_dir: str):
     return builder
 
 
-def prepare_dataset(spec: DatasetSpec, data_dir: str, *, root: str | None = None) -> None:
+def prepare_dataset(
+    spec: DatasetSpec,
+    data_dir: str,
+    *,
+    root: str | None = None,
+    unknown_label_ids: str = "error",
+) -> None:
     """Builds `spec` into `data_dir` if it is not there yet (no network is ever used).
 
-    The demo builds from nothing; folder datasets need `root`. Catalog tfds datasets must be built
+    The demo builds from nothing; folder datasets need `root` (and raise FolderDatasetError
+    naming the files when it is malformed; `unknown_label_ids="ignore"` reads label ids the
+    dataset does not know as ignore instead of failing). Catalog tfds datasets must be built
     with the `tfds build` command: DatasetNotPreparedError says how.
     """
-    builder = make_builder(spec, data_dir, root=root)
+    builder = make_builder(spec, data_dir, root=root, unknown_label_ids=unknown_label_ids)
     if builder.is_prepared():
         return
     if spec.source == "tfds" or (spec.source == "folder" and not root):
@@ -131,12 +153,19 @@ def split_sizes(spec: DatasetSpec, data_dir: str) -> dict[str, int]:
 
 
 def _check_split(builder, spec: DatasetSpec, split: str) -> None:
+    """Accepts a split name or a tfds split expression over them ("validation+test",
+    "train[:10%]"); ValueError listing the available splits otherwise."""
     available = sorted(builder.info.splits.keys())
-    if split not in available:
+    if split in available:
+        return
+    try:
+        builder.info.splits[split]
+    except (ValueError, KeyError, AssertionError, TypeError):
         raise ValueError(
             f"Dataset {spec.name!r} has no split {split!r} (config fields `dataset.train_split` / "
-            f"`dataset.eval_split`). Available splits: {', '.join(available)}."
-        )
+            f"`dataset.eval_split`). Available splits: {', '.join(available)} (or a tfds split "
+            "expression over them, e.g. 'validation+test')."
+        ) from None
 
 
 def _options(num_threads: int) -> tf.data.Options:
@@ -427,6 +456,29 @@ class EvalDataset:
             yield batch
 
 
+def resize_for_eval(image, short_side: int | None = None, long_side: int | None = None):
+    """Bilinear keep-ratio resize of image [H,W,3] (raw 0..255) -> float32 [H',W',3].
+
+    short_side alone: min(H', W') = short_side (the reference's ADE20K `resize_val`); long_side
+    alone: max(H', W') = long_side (the reference's Cityscapes / PascalContext TTA base size);
+    both: mmseg's keep-ratio rescale to (long_side, short_side), the largest size with
+    short <= short_side and long <= long_side. Sizes are round(side * factor); neither: unchanged.
+    Shared by the eval pipeline and predict mode, so both see the same pixels.
+    """
+    image = tf.cast(image, tf.float32)
+    if not short_side and not long_side:
+        return image
+    hw = tf.cast(tf.shape(image)[:2], tf.float32)
+    factors = []
+    if short_side:
+        factors.append(float(short_side) / tf.reduce_min(hw))
+    if long_side:
+        factors.append(float(long_side) / tf.reduce_max(hw))
+    factor = tf.reduce_min(tf.stack(factors))
+    size = tf.cast(tf.round(hw * factor), tf.int32)
+    return tf.image.resize(image, size, method="bilinear", antialias=False)
+
+
 def make_eval_dataset(
     spec: DatasetSpec,
     *,
@@ -435,6 +487,7 @@ def make_eval_dataset(
     batch_size: int,
     pad_shape: Sequence[int],
     resize_short_side: int | None = None,
+    resize_long_side: int | None = None,
     process_index: int | None = None,
     process_count: int | None = None,
     num_parallel_calls: int = 2,
@@ -442,9 +495,9 @@ def make_eval_dataset(
 ) -> EvalDataset:
     """Host-local evaluation batches of `split` at fixed shape (see `EvalDataset`).
 
-    With `resize_short_side`, images are resized bilinearly (aspect kept) so their short side has
-    that length; labels keep their original size. `pad_shape` (Hp, Wp) must hold both, otherwise
-    iteration raises ValueError naming the sizes and the config field `eval.pad_shape`.
+    With `resize_short_side` / `resize_long_side`, images are resized bilinearly, aspect kept
+    (`resize_for_eval`); labels keep their original size. `pad_shape` (Hp, Wp) must hold both,
+    otherwise iteration raises ValueError naming the sizes and the config field `eval.pad_shape`.
     """
     pi = jax.process_index() if process_index is None else process_index
     pc = jax.process_count() if process_count is None else process_count
@@ -467,17 +520,17 @@ def make_eval_dataset(
     pad_shape = (int(pad_shape[0]), int(pad_shape[1]))
     too_big = (
         f"an image of dataset {spec.name}, split {split}, does not fit eval.pad_shape="
-        f"{list(pad_shape)}: its image size (after resize_short_side={resize_short_side}) and "
+        f"{list(pad_shape)}: its image size (after resize_short_side={resize_short_side}, "
+        f"resize_long_side={resize_long_side}) and "
         "label size follow as [H W]. Raise the config field `eval.pad_shape` to at least these "
         "sizes (it must hold the resized image and the original label)."
     )
 
+    @tf.autograph.experimental.do_not_convert  # plain TF ops; AutoGraph warned it could not convert
     def prepare(example):
         example = decode(example)
-        image = tf.cast(example["image"], tf.float32)
+        image = resize_for_eval(example["image"], resize_short_side, resize_long_side)
         label = example["label"]
-        if resize_short_side:
-            image = transforms.resize_short_side(image, resize_short_side)
         image_hw = tf.shape(image)[:2]
         label_hw = tf.shape(label)[:2]
         fits = tf.reduce_all(tf.concat([image_hw, label_hw], 0) <= tf.constant(pad_shape * 2))
