@@ -55,7 +55,7 @@ case "$cmd" in
     ;;
   test)
     setup
-    .venv/bin/python -m pytest -q -n 2 --dist=loadfile "$@"
+    .venv/bin/python -m pytest -q -n 2 --dist=loadfile --durations=15 "$@"
     ;;
   train|eval)
     [ $# -ge 1 ] || { echo "usage: ./run.sh $cmd CONFIG [--config.x=y ...] [--workdir=DIR]" >&2; exit 2; }

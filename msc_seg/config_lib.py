@@ -74,6 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.dataset = ml_collections.ConfigDict()
     c.dataset.name = "demo"
+    c.dataset.spec_file = ""  # JSON description of your own folder dataset (docs/DATASETS.md)
     c.dataset.data_dir = ""  # "" -> $TFDS_DATA_DIR or ~/tensorflow_datasets
     c.dataset.train_split = ""  # "" = the dataset's own (registry), e.g. train
     c.dataset.eval_split = ""  # "" = the dataset's own, e.g. validation (CamVid: val)
@@ -151,6 +152,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.batch_size = 8  # global
     c.eval.pad_shape = (512, 2048)  # every eval image (and label) is padded to this (H, W)
     c.eval.resize_short_side = 0  # 0 = native size; ADE20K/UPerNet protocol: 512
+    c.eval.resize_long_side = 0  # 0 = off; Cityscapes TTA: 2048, PascalContext: 520
+    c.eval.mode = "whole"  # "whole" image or "slide" (sliding windows, mmseg placement)
+    c.eval.window = (512, 512)  # slide only: window (H, W), multiples of 32
+    c.eval.stride = (341, 341)  # slide only: stride (H, W), 0 < stride <= window
+    c.eval.scales = (1.0,)  # test-time scales of the (resized) image; e.g. (0.5, 0.75, ..., 1.75)
+    c.eval.flip = False  # also predict the horizontally flipped image (test-time augmentation)
+    c.eval.average = "logits"  # how augmentations combine: "logits" (reference) or "probs" (mmseg)
     c.eval.num_images_to_log = 4
     c.eval.max_examples = 0  # 0 = the whole split
 
@@ -169,6 +177,48 @@ class RuntimeFacts:
 
 def _err(field: str, value, what_to_do: str) -> ConfigError:
     return ConfigError(f"config field `{field}` = {value!r}: {what_to_do}")
+
+
+KNOWN_EVAL_MODES = ("whole", "slide")
+KNOWN_EVAL_AVERAGES = ("logits", "probs")
+
+
+def _validate_eval_protocol(e: ml_collections.ConfigDict, pad: tuple[int, int]) -> None:
+    """The inference protocol fields of `eval` (mode, windows, scales, flip, resizes)."""
+    for field in ("resize_short_side", "resize_long_side"):
+        if int(e[field]) < 0:
+            raise _err(f"eval.{field}", e[field], "must be >= 0 (0 turns it off)")
+    if e.mode not in KNOWN_EVAL_MODES:
+        raise _err("eval.mode", e.mode, f"must be one of {list(KNOWN_EVAL_MODES)}")
+    if e.average not in KNOWN_EVAL_AVERAGES:
+        raise _err("eval.average", e.average, f"must be one of {list(KNOWN_EVAL_AVERAGES)}")
+    if not isinstance(e.flip, bool):
+        raise _err("eval.flip", e.flip, "must be True or False")
+    scales = tuple(e.scales)
+    if not scales or any(not isinstance(s, int | float) or s <= 0 for s in scales):
+        raise _err("eval.scales", e.scales, "must be a non-empty tuple of positive factors")
+    if e.mode != "slide":
+        return
+    window, stride = tuple(e.window), tuple(e.stride)
+    if len(window) != 2 or any(int(v) <= 0 or int(v) % MODEL_STRIDE for v in window):
+        raise _err(
+            "eval.window",
+            e.window,
+            f"must be (height, width), positive multiples of {MODEL_STRIDE}",
+        )
+    if len(stride) != 2 or not all(0 < s <= w for s, w in zip(stride, window, strict=True)):
+        raise _err(
+            "eval.stride",
+            e.stride,
+            f"must be (height, width) with 0 < stride <= eval.window {tuple(window)} "
+            "(a larger stride would leave pixels without a window)",
+        )
+    if window[0] > pad[0] or window[1] > pad[1]:
+        raise _err(
+            "eval.window",
+            e.window,
+            f"is larger than eval.pad_shape {pad}: use a smaller window or a larger pad_shape",
+        )
 
 
 def validate(config: ml_collections.ConfigDict, facts: RuntimeFacts) -> None:
@@ -215,6 +265,18 @@ def validate(config: ml_collections.ConfigDict, facts: RuntimeFacts) -> None:
             f"must be a positive multiple of the {n_dev} devices of the `data` mesh axis",
         )
 
+    if c.dataset.spec_file:
+        try:
+            described = registry.register_dataset_file(c.dataset.spec_file).name
+        except ValueError as e:
+            raise _err("dataset.spec_file", c.dataset.spec_file, str(e)) from None
+        if described != c.dataset.name:
+            raise _err(
+                "dataset.name",
+                c.dataset.name,
+                f"differs from the dataset {described!r} that dataset.spec_file describes; "
+                f"set dataset.name={described}",
+            )
     try:
         spec = registry.get_dataset_spec(c.dataset.name)
     except ValueError as e:
@@ -251,7 +313,7 @@ def validate(config: ml_collections.ConfigDict, facts: RuntimeFacts) -> None:
         )
     if (
         max_hw is not None
-        and not c.eval.resize_short_side
+        and not (c.eval.resize_short_side or c.eval.resize_long_side)
         and (pad[0] < max_hw[0] or pad[1] < max_hw[1])
     ):
         raise _err(
@@ -259,6 +321,7 @@ def validate(config: ml_collections.ConfigDict, facts: RuntimeFacts) -> None:
             c.eval.pad_shape,
             f"is smaller than the images of dataset '{spec.name}' ({max_hw[0]}x{max_hw[1]})",
         )
+    _validate_eval_protocol(c.eval, pad)
 
     if c.model.name not in KNOWN_MODELS:
         raise _err("model.name", c.model.name, f"unknown model; known: {list(KNOWN_MODELS)}")

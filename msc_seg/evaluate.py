@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from PIL import Image
 
 from msc_seg import inference, metrics, reporting
 from msc_seg import mesh as mesh_lib
@@ -16,33 +17,110 @@ from msc_seg.train_state import ModelDef, TrainState
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+# The eval pipeline pads images with raw 0 before normalising; rescaled canvases use the same.
+PAD_VALUE = -IMAGENET_MEAN / IMAGENET_STD
+
+
+def inference_protocol(eval_config: ml_collections.ConfigDict) -> inference.Protocol:
+    """The `eval` config section's inference protocol (mode, windows, scales, flip, average)."""
+    e = eval_config
+    return inference.Protocol(
+        mode=e.mode,
+        window=(int(e.window[0]), int(e.window[1])),
+        stride=(int(e.stride[0]), int(e.stride[1])),
+        scales=tuple(float(s) for s in e.scales),
+        flip=bool(e.flip),
+        average=e.average,
+    )
+
+
+def resizes_images(eval_config: ml_collections.ConfigDict) -> bool:
+    """Whether the input pipeline resizes images, so scores must be mapped onto the label grid."""
+    return bool(eval_config.resize_short_side or eval_config.resize_long_side)
+
+
+def predict_scores(
+    model_def: ModelDef,
+    state: TrainState,
+    images: jax.Array,
+    image_hw: jax.Array | None,
+    protocol: inference.Protocol,
+    *,
+    out_shape: tuple[int, int] | None = None,
+    out_hw: jax.Array | None = None,
+) -> jax.Array:
+    """float32 [B,*out_shape,K] scores of the protocol (averaged logits or probabilities).
+
+    images [B,H,W,3] normalised, valid in image_hw int32 [B,2] (None = the whole canvas), padded
+    with PAD_VALUE. out_shape / out_hw: the grid to predict on (e.g. the original labels); None =
+    the input grid. Jit-able; the projectors and the contrastive loss are not run.
+    """
+    if image_hw is None:
+        image_hw = jnp.broadcast_to(jnp.asarray(images.shape[1:3], jnp.int32), (len(images), 2))
+
+    def apply(x):
+        # Merged at every call: inside the window scan this builds the model in the scan's trace.
+        model = model_def.merge(state.params, state.rest)
+        return model(x, train=False).logits
+
+    return inference.infer_logits(
+        apply, images, image_hw, protocol, pad_value=PAD_VALUE, out_shape=out_shape, out_hw=out_hw
+    )
 
 
 def make_eval_step(
-    model_def: ModelDef, num_classes: int, *, resize_to_labels: bool
+    model_def: ModelDef,
+    num_classes: int,
+    *,
+    resize_to_labels: bool,
+    protocol: inference.Protocol | None = None,
 ) -> Callable[[TrainState, dict], tuple[jax.Array, jax.Array]]:
     """(state, batch) -> (confusion matrix int32 [K,K], prediction int32 [B,Hl,Wl]).
 
-    batch: 'image' [B,Hp,Wp,3], 'label' int32 [B,Hl,Wl] (-1 = ignore and padding), and with
-    resize_to_labels also 'image_hw' / 'label_hw' int32 [B,2]. Whole-image inference; the
-    projectors and the contrastive loss are not run.
+    batch: 'image' [B,Hp,Wp,3], 'label' int32 [B,Hl,Wl] (-1 = ignore and padding), 'image_hw' /
+    'label_hw' int32 [B,2] (required with resize_to_labels, a sliding window or test-time
+    augmentation). `protocol` (default: whole image, scale 1, no flip) says how logits are made;
+    with resize_to_labels they are resized from each image's valid region onto its label's.
     """
+    protocol = protocol or inference.Protocol()
 
     def eval_step(state: TrainState, batch: dict):
-        model = model_def.merge(state.params, state.rest)
-        logits = model(batch["image"], train=False).logits
-        if resize_to_labels:
-            logits = inference.resize_logits_to_labels(
-                logits, batch["image_hw"], batch["label"].shape[1:3], batch["label_hw"]
-            )
-        pred = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-        return metrics.confusion_matrix(pred, batch["label"], num_classes), pred
+        labels = batch["label"]
+        scores = predict_scores(
+            model_def,
+            state,
+            batch["image"],
+            batch.get("image_hw"),
+            protocol,
+            out_shape=labels.shape[1:3] if resize_to_labels else None,
+            out_hw=batch["label_hw"] if resize_to_labels else None,
+        )
+        pred = jnp.argmax(scores, axis=-1).astype(jnp.int32)
+        return metrics.confusion_matrix(pred, labels, num_classes), pred
 
     return eval_step
 
 
 def _denormalize(images: np.ndarray) -> np.ndarray:
     return np.clip((images * IMAGENET_STD + IMAGENET_MEAN) * 255.0, 0, 255).astype(np.uint8)
+
+
+def _images_on_label_grid(batch: dict, n: int) -> np.ndarray:
+    """uint8 [n,Hl,Wl,3]: the first n images, resized from their valid size to the label's."""
+    rgb = _denormalize(np.asarray(batch["image"][:n]))
+    label_shape = np.asarray(batch["label"]).shape[1:3]
+    if "image_hw" not in batch:
+        return rgb[:, : label_shape[0], : label_shape[1]]
+    out = np.zeros((n, *label_shape, 3), np.uint8)
+    for i in range(n):
+        (h, w), (lh, lw) = batch["image_hw"][i], batch["label_hw"][i]
+        if min(h, w, lh, lw) <= 0:
+            continue
+        image = rgb[i, :h, :w]
+        if (h, w) != (lh, lw):
+            image = np.asarray(Image.fromarray(image).resize((int(lw), int(lh)), Image.BILINEAR))
+        out[i, :lh, :lw] = image
+    return out
 
 
 def run_evaluation(
@@ -68,13 +146,12 @@ def run_evaluation(
             n = min(num_images, len(batch["label"]))
             pred_np = np.asarray(jax.device_get(pred))[:n]
             label = np.asarray(batch["label"][:n])
-            rgb = _denormalize(np.asarray(batch["image"][:n]))
-            if rgb.shape[1:3] == label.shape[1:3]:
-                pred_np = np.where(label >= 0, pred_np, -1)  # blank the padding
-                images = {
-                    "prediction": reporting.overlay(rgb, pred_np, palette),
-                    "label": reporting.overlay(rgb, label, palette),
-                }
+            rgb = _images_on_label_grid(batch, n)
+            pred_np = np.where(label >= 0, pred_np, -1)  # blank the padding
+            images = {
+                "prediction": reporting.overlay(rgb, pred_np, palette),
+                "label": reporting.overlay(rgb, label, palette),
+            }
     if not per_batch:
         raise ValueError("the evaluation split yielded no batch; check dataset.eval_split")
     # Summed in int64 on the host: a whole split's pixel counts can exceed int32.
@@ -89,16 +166,27 @@ def report_evaluation(
     workdir: str | pathlib.Path,
     reporter: reporting.Reporter | None = None,
     images: dict | None = None,
+    class_groups=(),
 ) -> dict:
-    """Prints the per-class table, writes eval_<step>.json and the TensorBoard scalars/images."""
+    """Prints the per-class table, writes eval_<step>.json and the TensorBoard scalars/images.
+
+    class_groups: (name, class ids) pairs whose mIoUs are reported too (CaDIS categories).
+    """
     results = metrics.iou_results(cm)
+    groups = metrics.group_mious(results, class_groups)
     table = metrics.format_iou_table(results, class_names)
+    if groups:
+        table += "\n" + "\n".join(f"mIoU[{k}]: {100 * v:.2f}" for k, v in groups.items())
+        results["group_mIoU"] = groups
     if jax.process_index() == 0:
         print(f"Evaluation at step {step}:\n{table}", flush=True)
         path = pathlib.Path(workdir) / f"eval_{step}.json"
-        path.write_text(metrics.results_to_json(results, class_names, step=int(step)))
+        finite = {k: (v if np.isfinite(v) else None) for k, v in groups.items()}
+        extra = {"group_mIoU": finite} if groups else {}
+        path.write_text(metrics.results_to_json(results, class_names, step=int(step), **extra))
     if reporter is not None:
         scalars = {f"eval/{k}": results[k] for k in ("aAcc", "mIoU", "mAcc")}
+        scalars.update({f"eval_group/{k}": v for k, v in groups.items() if np.isfinite(v)})
         for name, iou in zip(class_names, results["IoU"], strict=True):
             if np.isfinite(iou):
                 scalars[f"eval_iou/{name}"] = iou

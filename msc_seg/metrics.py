@@ -51,6 +51,19 @@ def iou_results(cm: np.ndarray) -> dict:
     }
 
 
+def group_mious(results: dict, class_groups) -> dict[str, float]:
+    """mIoU over each named group of class ids (CaDIS: anatomies / instruments / others / rare).
+
+    class_groups: (name, class ids) pairs. Classes absent from the evaluated set (NaN IoU) are
+    skipped as in mIoU; a group with no present class is NaN.
+    """
+    out = {}
+    for name, ids in class_groups:
+        iou = np.asarray(results["IoU"], np.float64)[list(ids)]
+        out[name] = float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
+    return out
+
+
 def _fmt(v: float) -> str:
     return "nan" if not np.isfinite(v) else f"{100 * v:.2f}"
 

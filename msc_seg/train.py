@@ -137,15 +137,20 @@ def _eval_batches(run: Run):
         batch_size=c.eval.batch_size // jax.process_count(),
         pad_shape=tuple(c.eval.pad_shape),
         resize_short_side=c.eval.resize_short_side or None,
+        resize_long_side=c.eval.resize_long_side or None,
     )
 
 
 def evaluate_state(run: Run, state: TrainState, step: int) -> dict:
-    """Evaluates `state` on the eval split, prints and writes the per-class table."""
+    """Evaluates `state` on the eval split with the configured inference protocol (`eval.mode`,
+    windows, scales, flip), prints and writes the per-class table."""
     c = run.config
     if run._eval_step is None:
         step_fn = evaluate.make_eval_step(
-            run.model_def, run.spec.num_classes, resize_to_labels=bool(c.eval.resize_short_side)
+            run.model_def,
+            run.spec.num_classes,
+            resize_to_labels=evaluate.resizes_images(c.eval),
+            protocol=evaluate.inference_protocol(c.eval),
         )
         run._eval_step = jax.jit(step_fn)
     batches = _eval_batches(run)
@@ -160,7 +165,13 @@ def evaluate_state(run: Run, state: TrainState, step: int) -> dict:
         palette=run.spec.palette,
     )
     return evaluate.report_evaluation(
-        cm, step, run.spec.class_names, run.workdir, run.reporter, images
+        cm,
+        step,
+        run.spec.class_names,
+        run.workdir,
+        run.reporter,
+        images,
+        class_groups=run.spec.class_groups,
     ) | {"confusion_matrix": cm}
 
 

@@ -67,3 +67,27 @@ def test_results_json_writes_nan_as_null():
     out = json.loads(metrics.results_to_json(metrics.iou_results(cm), ["a", "b"], step=3))
     assert out["per_class"][1]["IoU"] is None
     assert out["mIoU"] == 1.0 and out["step"] == 3
+
+
+def test_group_mious_average_the_present_classes_of_each_group():
+    iou = np.array([0.5, np.nan, 0.25, 1.0, 0.0])
+    results = {"IoU": iou}
+    groups = (("anatomies", (0, 2)), ("others", (1, 3, 4)), ("absent", (1,)))
+    out = metrics.group_mious(results, groups)
+    assert out["anatomies"] == pytest.approx(0.375)
+    assert out["others"] == pytest.approx(0.5)  # class 1 absent: mean of 1.0 and 0.0
+    assert np.isnan(out["absent"])
+
+
+def test_evaluation_report_writes_group_mious_for_datasets_with_categories(tmp_path):
+    from msc_seg import evaluate
+
+    cm = np.array([[3, 1, 0], [0, 2, 0], [0, 0, 0]])
+    results = evaluate.report_evaluation(
+        cm, 7, ["a", "b", "c"], tmp_path, class_groups=(("ab", (0, 1)), ("c", (2,)))
+    )
+    written = json.loads((tmp_path / "eval_7.json").read_text())
+    expected = np.mean([3 / 4, 2 / 3])
+    assert written["group_mIoU"]["ab"] == pytest.approx(expected)
+    assert written["group_mIoU"]["c"] is None
+    assert results["group_mIoU"]["ab"] == pytest.approx(expected)

@@ -8,18 +8,15 @@ synthetic batch (the real datasets are not needed to prove that the recipe's ste
 from __future__ import annotations
 
 import importlib.util
+import json
 import pathlib
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 import pytest
 from flax import nnx
 
-from msc_seg import config_lib, recipes, train, train_state
-from msc_seg import mesh as mesh_lib
+from msc_seg import config_lib, recipes, train_state
 from msc_seg.data import registry
-from msc_seg.train_step import make_train_step
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
@@ -28,6 +25,8 @@ CASES = [(p.stem, None) for p in sorted(CONFIG_DIR.glob("*.py"))]
 CASES += [("ade20k_upernet", f"backbone={b}") for b in ("swin_s", "swin_b", "swin_l")]
 CASES += [(f"cadis_{m}", f"exp={e}") for m in ("hrnet", "deeplabv3") for e in (2, 3)]
 CASES += [("cityscapes_deeplabv3", "taps=3"), ("ade20k_ocrnet_hrnet", "contrastive=0")]
+# The paper's configs (demo.py and camvid.py are CPU-sized demonstrations, not paper models).
+PAPER_CASES = [c for c in CASES if c[0] not in ("demo", "camvid")]
 
 TINY_BACKBONES = {
     "hrnet_w48": "hrnet_tiny_test",
@@ -59,7 +58,8 @@ def data_devices(config, available: int = 8) -> int:
 
 
 def tiny_form(config):
-    """The config with a test-sized model, 1/8 crops, and every other field unchanged."""
+    """The config with a test-sized model, 1/8 crops, two contrastive groups per batch, and
+    every other field (losses, optimizer, schedule, class weights, sampling) unchanged."""
     c = config.copy_and_resolve_references()
     c.model.backbone = TINY_BACKBONES.get(c.model.backbone, c.model.backbone)
     c.model.window_size = 4
@@ -73,7 +73,9 @@ def tiny_form(config):
     c.dataset.crop_size = tuple(max(32, v // 8) for v in c.dataset.crop_size)
     c.loss.contrastive.max_features_total = 512
     c.loss.contrastive.max_views_per_class = 64
-    c.mesh.data = data_devices(c)
+    c.batch_size = 2 * c.loss.contrastive.images_per_group
+    c.eval.batch_size = c.batch_size
+    c.mesh.data = 2  # one contrastive group per device: still the sharded path
     return c
 
 
@@ -81,9 +83,10 @@ def tiny_form(config):
 def test_config_validates_on_a_device_count_that_divides_its_batch(name, arg):
     config = load_config(name, arg)
     config_lib.validate(config, config_lib.RuntimeFacts(num_devices=data_devices(config)))
+    assert json.loads(config_lib.to_json(config))["dataset"]["name"] == config.dataset.name
 
 
-@pytest.mark.parametrize(("name", "arg"), CASES)
+@pytest.mark.parametrize(("name", "arg"), PAPER_CASES)
 def test_config_builds_its_full_size_model_with_one_projector_per_scale_weight(name, arg):
     config = load_config(name, arg)
     num_classes = registry.get_dataset_spec(config.dataset.name).num_classes
@@ -114,50 +117,3 @@ def test_cityscapes_configs_weight_the_cross_entropy_by_class():
         weights = load_config(name).loss.class_weights
         assert tuple(weights) == recipes.CITYSCAPES_CLASS_WEIGHTS
         assert len(weights) == registry.get_dataset_spec("cityscapes").num_classes
-
-
-def synthetic_batch(config, num_classes: int, seed: int = 0) -> dict:
-    """Normalised noise images and blocky labels with every few pixels ignored."""
-    rng = np.random.default_rng(seed)
-    h, w = config.dataset.crop_size
-    b = config.batch_size
-    blocks = rng.integers(0, num_classes, size=(b, h // 8, w // 8))
-    label = np.kron(blocks, np.ones((8, 8), np.int64)).astype(np.int32)
-    label[:, ::7, :] = -1
-    image = rng.normal(size=(b, h, w, 3)).astype(np.float32)
-    return {"image": image, "label": label}
-
-
-TRAIN_CASES = [c for c in CASES if c[1] is None or c[1] in ("taps=3", "contrastive=0")]
-
-
-@pytest.mark.parametrize(("name", "arg"), TRAIN_CASES)
-def test_config_runs_one_train_step_in_tiny_form(name, arg):
-    config = tiny_form(load_config(name, arg))
-    config_lib.validate(config, config_lib.RuntimeFacts(num_devices=jax.device_count()))
-    num_classes = registry.get_dataset_spec(config.dataset.name).num_classes
-    mesh = mesh_lib.make_mesh(config.mesh.data)
-    tx_builder = train_state.make_tx_builder(config)
-    model_def, create, _ = train_state.make_state_factory(config, num_classes, mesh, tx_builder)
-    state = create()
-    step_fn = make_train_step(
-        model_def,
-        tx_builder(state.params),
-        tx_builder.schedule,
-        aux_weight=config.loss.aux_weight,
-        class_weights=tuple(config.loss.class_weights),
-        contrastive_weight=config.loss.contrastive.weight,
-        contrastive_kwargs=train.contrastive_kwargs(config, num_classes),
-    )
-    batch = mesh_lib.host_batch_to_global(synthetic_batch(config, num_classes), mesh)
-    before = jax.tree.map(np.asarray, state.params)
-    new_state, metrics = jax.jit(step_fn)(state, batch, jax.random.key(config.seed))
-    assert int(new_state.step) == 1
-    assert float(metrics["nonfinite"]) == 0.0
-    assert np.isfinite(float(metrics["loss"]))
-    if config.loss.contrastive.weight > 0:
-        assert float(metrics["loss_contrastive"]) > 0.0
-    changed = jax.tree.map(
-        lambda a, b: bool(jnp.any(a != b)), before, jax.tree.map(np.asarray, new_state.params)
-    )
-    assert any(jax.tree.leaves(changed))

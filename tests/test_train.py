@@ -3,6 +3,7 @@
 All runs use a micro UPerNet-Swin on 64x64 crops of the demo dataset, built once per module.
 """
 
+import io
 import json
 import os
 import pathlib
@@ -109,8 +110,17 @@ def test_train_steps_on_eight_devices_write_logs_checkpoint_and_eval(unbroken):
     train_lines = [x for x in lines if "loss" in x]
     assert [x["step"] for x in train_lines] == [1, 2, 3, 4]
     assert all(np.isfinite(x["loss"]) and x["loss_ce"] > 0 for x in train_lines)
-    for key in ("loss_aux", "loss_contrastive", "loss_ms/s0", "loss_ms/s3", "loss_cs/high_low",
-                "loss_cs/high_mid", "num_anchors/s0", "views_per_class/s0", "learning_rate"):
+    for key in (
+        "loss_aux",
+        "loss_contrastive",
+        "loss_ms/s0",
+        "loss_ms/s3",
+        "loss_cs/high_low",
+        "loss_cs/high_mid",
+        "num_anchors/s0",
+        "views_per_class/s0",
+        "learning_rate",
+    ):
         assert key in train_lines[0], key
     assert train_lines[0]["num_anchors/s0"] > 0 and train_lines[0]["loss_ms/s0"] > 0
     first = train_lines[0]
@@ -124,6 +134,30 @@ def test_train_steps_on_eight_devices_write_logs_checkpoint_and_eval(unbroken):
     table = json.loads((workdir / "eval_4.json").read_text())
     assert table["mIoU"] == pytest.approx(results["mIoU"])
     assert len(table["per_class"]) == 8
+
+
+def test_predict_reads_the_checkpoints_that_training_wrote(unbroken, tmp_path):
+    from PIL import Image
+
+    from msc_seg import predict
+
+    workdir, config, _ = unbroken
+    (tmp_path / "in").mkdir()
+    rgb = np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "in" / "scene.png")
+    for checkpoint in ("latest", "best", "4", str(workdir / "checkpoints" / "4")):
+        out = tmp_path / f"out_{checkpoint.replace('/', '_')}"
+        result = predict.predict_folder(
+            config,
+            images=tmp_path / "in",
+            output=out,
+            workdir=str(workdir),
+            checkpoint=checkpoint,
+            stream=io.StringIO(),
+        )
+        assert result["written"] == ["scene"], checkpoint
+        ids = np.asarray(Image.open(out / "scene_ids.png"))
+        assert ids.shape == (40, 56) and ids.max() < 8
 
 
 def test_eval_only_on_the_final_checkpoint_reproduces_the_training_miou(unbroken):

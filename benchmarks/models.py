@@ -1,0 +1,487 @@
+"""Speed and memory of the paper's seven models: forward and train step, compile time, peak memory.
+
+    python benchmarks/models.py [--models deeplabv3,hrnet,...] [--batch 2] [--size 512]
+        [--dtype float32|bfloat16] [--repeats 3] [--repeats-override upernet_swin_l=2]
+        [--json OUT.json [--resume]]
+
+Models (the paper's), each built through the project's own config -> model path
+(`config_lib.base_config()` -> `train_state.make_state_factory`) and trained with the real jitted
+train step of `msc_seg/train_step.py` (CE + aux CE where the model has an aux head + 0.1 x MS+CS
+contrastive loss, `train.contrastive_kwargs`):
+  deeplabv3        DeepLabV3-ResNet101, output stride 8, contrastive taps layer1 + layer4
+                   (S = 2, within-scale weights 1.0 / 0.7), SGD
+  hrnet            HRNet-W48 (4 taps), SGD
+  ocrnet           OCRNet-HRNet-W48 (4 taps, 0.4 aux CE on the soft object regions), SGD
+  upernet_swin_t/s/b/l  UPerNet-Swin (4 FPN taps, 0.4 aux CE), AdamW, configs/ade20k_upernet.py
+All models use 150 classes (ADE20K) and synthetic inputs: normal random "normalised" images and
+labels made of 32x32 blocks drawn from 12 random classes per image (speed does not depend on
+content; the contrastive sampler is fixed-shape). Contrastive groups hold min(4, batch) images.
+
+Each model runs in its own subprocess (clean peak memory; one crash does not stop the table):
+  params           parameter count (nnx.Param scalars)
+  fwd              jit(model(images, train=False).logits): median of --repeats timed calls after
+                   --warmup calls, each ending in block_until_ready
+  train            the jitted train step (donated state), timed the same way
+  compile          seconds of jit lower + XLA compile (tracing included), separate from the run
+  peak mem         GPU/TPU: the device's peak_bytes_in_use (memory_stats); CPU: the process's peak
+                   resident set (ru_maxrss), which includes the imports (JAX, TensorFlow)
+  XLA train plan   arguments + outputs + temporaries - aliased, of the compiled train step
+The machine may be shared: the load average at start and end is printed with the table.
+`--resume` keeps the successful rows of the same batch / size / dtype already in the --json file
+and runs only the other models (e.g. after one was killed for memory), then prints the full table.
+The table goes to stdout; progress and the children's logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+NUM_CLASSES = 150
+LABEL_BLOCK = 32  # labels are constant on LABEL_BLOCK x LABEL_BLOCK blocks
+CLASSES_PER_IMAGE = 12
+SCALE_WEIGHTS = (1.0, 0.7, 0.4, 0.1)  # the paper's within-scale weights, finest first
+GIB = 1024**3
+SETTINGS = ("batch", "size", "dtype")  # rows with equal settings are comparable (--resume)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelCase:
+    """One benchmarked model: its table label and its config (model.name, model.backbone)."""
+
+    label: str
+    name: str
+    backbone: str
+
+
+MODELS = {
+    "deeplabv3": ModelCase("DeepLabV3-R101 (OS8)", "deeplabv3", "resnet101"),
+    "hrnet": ModelCase("HRNet-W48", "hrnet", "hrnet_w48"),
+    "ocrnet": ModelCase("OCRNet-HRNet-W48", "ocrnet", "hrnet_w48"),
+    "upernet_swin_t": ModelCase("UPerNet-Swin-T", "upernet", "swin_t"),
+    "upernet_swin_s": ModelCase("UPerNet-Swin-S", "upernet", "swin_s"),
+    "upernet_swin_b": ModelCase("UPerNet-Swin-B", "upernet", "swin_b"),
+    "upernet_swin_l": ModelCase("UPerNet-Swin-L", "upernet", "swin_l"),
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# Child process: one model.
+
+
+def make_benchmark_config(case: ModelCase, batch: int, size: int, dtype: str):
+    """The paper's training recipe for `case` at a (size, size) crop and global batch `batch`.
+
+    Swin: configs/ade20k_upernet.py as it is (AdamW 6e-5, weight decay 0.01 without norms /
+    position tables, drop path 0.3, 0.4 aux CE). CNNs (DeepLabV3, HRNet, OCRNet):
+    `_cnn_recipe`. All: contrastive weight 0.1, tau 0.1, the first S of the weights 1/0.7/0.4/0.1.
+    """
+    from msc_seg import config_lib
+
+    c = load_ade20k_upernet(case.backbone) if case.name == "upernet" else _cnn_recipe(case)
+    c.batch_size = batch
+    c.dataset.name = "ade20k"
+    c.dataset.crop_size = (size, size)
+    c.mesh.data = 1
+    c.model.dtype = dtype
+    cc = c.loss.contrastive
+    cc.weight = 0.1
+    cc.temperature = 0.1
+    cc.scale_weights = SCALE_WEIGHTS[: config_lib.model_num_scales(c.model)]
+    # The reference's per-GPU group is 4 images; a smaller batch is one group.
+    cc.images_per_group = 4 if batch % 4 == 0 else batch
+    return c
+
+
+def load_ade20k_upernet(backbone: str):
+    """configs/ade20k_upernet.py with `backbone` (swin_t | swin_s | swin_b | swin_l)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ade", ROOT / "configs" / "ade20k_upernet.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(f"backbone={backbone}")
+
+
+def _cnn_recipe(case: ModelCase):
+    """spec/method.md section 12 (HRNet / HRNet-OCR configs): SGD momentum 0.9, lr 0.01, weight
+    decay 5e-4 on every parameter, poly 0.9 without warm-up, align_corners=True, OCR dropout 0;
+    DeepLabV3 at output stride 8 with taps layer1 + layer4 (the reference's default)."""
+    from msc_seg import config_lib
+
+    c = config_lib.base_config()
+    c.model.name = case.name
+    c.model.backbone = case.backbone
+    c.model.align_corners = True
+    c.model.output_stride = 8
+    c.model.taps = ("layer1", "layer4")
+    c.model.dropout = 0.0
+    c.loss.aux_weight = 0.4  # used by OCRNet only: DeepLabV3 and HRNet have no aux head
+    c.optimizer.name = "sgd"
+    c.optimizer.learning_rate = 0.01
+    c.optimizer.momentum = 0.9
+    c.optimizer.weight_decay = 5e-4
+    c.optimizer.no_decay_patterns = ()
+    c.schedule.warmup_steps = 0
+    c.schedule.poly_power = 0.9
+    return c
+
+
+def make_synthetic_batch(batch: int, size: int, seed: int = 0) -> dict:
+    """{'image': float32 [B,size,size,3] standard normal (a normalised image),
+    'label': int32 [B,size,size] constant on 32x32 blocks, CLASSES_PER_IMAGE classes per image}."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    image = rng.standard_normal((batch, size, size, 3), dtype=np.float32)
+    blocks = -(-size // LABEL_BLOCK)
+    label = np.empty((batch, size, size), np.int32)
+    for b in range(batch):
+        classes = rng.choice(NUM_CLASSES, CLASSES_PER_IMAGE, replace=False)
+        grid = rng.choice(classes, (blocks, blocks))
+        label[b] = np.kron(grid, np.ones((LABEL_BLOCK, LABEL_BLOCK), np.int64))[:size, :size]
+    return {"image": image, "label": label}
+
+
+def peak_host_rss_bytes() -> int:
+    """This process's peak resident set size (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if platform.system() == "Darwin" else rss * 1024)
+
+
+def device_peak_bytes() -> int | None:
+    """Peak bytes in use on device 0 (GPU/TPU), or None where the backend keeps no stats (CPU)."""
+    import jax
+
+    stats = jax.devices()[0].memory_stats()
+    return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
+
+
+def compile_timed(jitted, *args):
+    """-> (compiled executable, seconds of tracing + lowering + XLA compilation)."""
+    t = time.perf_counter()
+    compiled = jitted.lower(*args).compile()
+    return compiled, time.perf_counter() - t
+
+
+def planned_bytes(compiled) -> int | None:
+    """XLA's planned memory of `compiled`: arguments + outputs + temporaries - aliased."""
+    m = compiled.memory_analysis()
+    if m is None:
+        return None
+    return int(
+        m.argument_size_in_bytes
+        + m.output_size_in_bytes
+        + m.temp_size_in_bytes
+        - m.alias_size_in_bytes
+    )
+
+
+def time_forward(model_def, state, images, warmup: int, repeats: int) -> dict:
+    """Inference (train=False, logits only): compile seconds and per-call seconds."""
+    import jax
+
+    def forward(params, rest, images):
+        return model_def.merge(params, rest)(images, train=False).logits
+
+    compiled, compile_s = compile_timed(jax.jit(forward), state.params, state.rest, images)
+    times = []
+    for i in range(warmup + repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(compiled(state.params, state.rest, images))
+        elapsed = time.perf_counter() - t
+        if i >= warmup:
+            times.append(elapsed)
+        print(f"  fwd call {i + 1}/{warmup + repeats}: {elapsed:.2f} s", flush=True)
+    return {"fwd_compile_s": compile_s, "fwd_times_s": times}
+
+
+def time_train(config, model_def, tx_builder, state, batch, warmup: int, repeats: int):
+    """The real jitted train step: compile seconds, per-step seconds, the last loss, XLA plan."""
+    import jax
+
+    from msc_seg.train import contrastive_kwargs
+    from msc_seg.train_step import make_train_step
+
+    step_fn = make_train_step(
+        model_def,
+        tx_builder(state.params),
+        tx_builder.schedule,
+        aux_weight=config.loss.aux_weight,
+        class_weights=tuple(config.loss.class_weights),
+        contrastive_weight=config.loss.contrastive.weight,
+        contrastive_kwargs=contrastive_kwargs(config, NUM_CLASSES),
+    )
+    key = jax.random.key(config.seed)
+    jitted = jax.jit(step_fn, donate_argnums=(0,))
+    compiled, compile_s = compile_timed(jitted, state, batch, key)
+    rss_after_compile = peak_host_rss_bytes()  # tells compile memory from run memory on CPU
+    times, metrics = [], None
+    for i in range(warmup + repeats):
+        t = time.perf_counter()
+        state, metrics = jax.block_until_ready(compiled(state, batch, key))
+        elapsed = time.perf_counter() - t
+        if i >= warmup:
+            times.append(elapsed)
+        print(f"  train step {i + 1}/{warmup + repeats}: {elapsed:.2f} s", flush=True)
+    return {
+        "train_compile_s": compile_s,
+        "peak_host_rss_after_train_compile_bytes": rss_after_compile,
+        "train_times_s": times,
+        "loss": float(metrics["loss"]),
+        "nonfinite": float(metrics["nonfinite"]) > 0,
+        "xla_train_plan_bytes": planned_bytes(compiled),
+    }
+
+
+def benchmark_one_model(name: str, args) -> dict:
+    """Everything measured for one model (runs in a child process)."""
+    import jax
+
+    from msc_seg import config_lib
+    from msc_seg import mesh as mesh_lib
+    from msc_seg.train_state import count_params, make_state_factory, make_tx_builder
+
+    case = MODELS[name]
+    config = make_benchmark_config(case, args.batch, args.size, args.dtype)
+    config_lib.validate(config, config_lib.RuntimeFacts(jax.device_count(), jax.process_count()))
+    mesh = mesh_lib.make_mesh(config.mesh.data)
+    batch = mesh_lib.host_batch_to_global(make_synthetic_batch(args.batch, args.size), mesh)
+    rss_after_imports = peak_host_rss_bytes()
+
+    tx_builder = make_tx_builder(config)
+    t = time.perf_counter()
+    model_def, create_state, _ = make_state_factory(config, NUM_CLASSES, mesh, tx_builder)
+    state = jax.block_until_ready(create_state())
+    init_s = time.perf_counter() - t
+    result = {
+        "model": name,
+        "label": case.label,
+        "params": count_params(state.params),
+        "init_s": init_s,
+        "backend": jax.default_backend(),
+        "device_kind": jax.devices()[0].device_kind,
+        "num_devices_used": 1,
+        "jax_version": jax.__version__,
+        "rss_after_imports_bytes": rss_after_imports,
+    }
+    print(f"  {name}: {result['params']:,} params, state built in {init_s:.1f} s", flush=True)
+    result |= time_forward(model_def, state, batch["image"], args.warmup, args.repeats)
+    result |= time_train(config, model_def, tx_builder, state, batch, args.warmup, args.repeats)
+    result["peak_host_rss_bytes"] = peak_host_rss_bytes()
+    result["device_peak_bytes"] = device_peak_bytes()
+    return result
+
+
+def child_main(args) -> None:
+    """Runs one model and writes its results (or the error) as JSON to --result-file."""
+    try:
+        result = benchmark_one_model(args.child, args)
+    except Exception as e:  # the parent reports the error in the table and goes on
+        traceback.print_exc()
+        result = {"model": args.child, "error": f"{type(e).__name__}: {e}"[:300]}
+    pathlib.Path(args.result_file).write_text(json.dumps(result))
+
+
+# ------------------------------------------------------------------------------------------------
+# Parent process: one child per model, then the table.
+
+
+def repeats_for(name: str, args) -> int:
+    return args.overrides.get(name, args.repeats)
+
+
+def run_child(name: str, args) -> dict:
+    """Runs `name` in a fresh interpreter; its output goes to our stderr (the log)."""
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        result_file = f.name
+    cmd = [
+        sys.executable,
+        str(pathlib.Path(__file__).resolve()),
+        f"--child={name}",
+        f"--result-file={result_file}",
+        f"--batch={args.batch}",
+        f"--size={args.size}",
+        f"--dtype={args.dtype}",
+        f"--repeats={repeats_for(name, args)}",
+        f"--warmup={args.warmup}",
+    ]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+    t = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            cmd, stdout=sys.stderr, stderr=sys.stderr, env=env, timeout=args.timeout, check=False
+        )
+        text = pathlib.Path(result_file).read_text()
+        result = json.loads(text) if text else {"model": name}
+        if proc.returncode and "error" not in result:
+            result["error"] = f"child exited with code {proc.returncode} (killed for memory?)"
+    except subprocess.TimeoutExpired:
+        result = {"model": name, "error": f"timed out after {args.timeout} s"}
+    finally:
+        pathlib.Path(result_file).unlink(missing_ok=True)
+    result["wall_s"] = time.perf_counter() - t
+    result["repeats"] = repeats_for(name, args)
+    result |= {"batch": args.batch, "size": args.size, "dtype": args.dtype}
+    return result
+
+
+def load_previous_results(args) -> dict[str, dict]:
+    """For --resume: the successful rows of the --json file measured with the same batch, size
+    and dtype (a row that does not record a setting is taken as matching), by model."""
+    path = pathlib.Path(args.json)
+    if not (args.resume and path.exists()):
+        return {}
+    keep = {}
+    for r in json.loads(path.read_text()):
+        same = all(r.get(k, getattr(args, k)) == getattr(args, k) for k in SETTINGS)
+        if "error" not in r and same:
+            keep[r["model"]] = r | {"reused": True}
+    return keep
+
+
+def format_row(r: dict, batch: int) -> str:
+    label = MODELS[r["model"]].label
+    if "error" in r:
+        return f"| {label} | failed: {r['error']} |" + " |" * 8
+    fwd_s = statistics.median(r["fwd_times_s"])
+    train_s = statistics.median(r["train_times_s"])
+    mem = r["device_peak_bytes"] or r["peak_host_rss_bytes"]
+    plan = r["xla_train_plan_bytes"]
+    flag = " (NON-FINITE loss)" if r["nonfinite"] else ""
+    return (
+        f"| {label}{flag} | {r['params'] / 1e6:.1f} M | {1000 * fwd_s:.0f} | "
+        f"{batch / fwd_s:.2f} | {train_s:.2f} | {batch / train_s:.3f} | "
+        f"{r['fwd_compile_s']:.1f} | {r['train_compile_s']:.1f} | {mem / GIB:.2f} | "
+        f"{'-' if plan is None else f'{plan / GIB:.2f}'} |"
+    )
+
+
+def machine_line(results: list[dict]) -> str:
+    ok = [r for r in results if "error" not in r]
+    if not ok:
+        return f"machine: {os.cpu_count()} CPU cores (no model finished)"
+    r = ok[0]
+    return (
+        f"machine: jax {r['jax_version']} backend `{r['backend']}`, device `{r['device_kind']}` "
+        f"(1 device used), {os.cpu_count()} CPU cores, {platform.machine()}"
+    )
+
+
+def format_report(results: list[dict], args, wall_s: float, load: tuple) -> str:
+    ok = [r for r in results if "error" not in r]
+    gpu = any(r["device_peak_bytes"] for r in ok)
+    mem_what = "device peak_bytes_in_use" if gpu else "host peak RSS, imports included"
+    lines = [
+        f"command: `{args.command}`",
+        machine_line(results),
+        f"load average (1 min) at start {load[0]:.2f}, at end {load[1]:.2f} "
+        "(the machine may be shared with other jobs)",
+        f"settings: batch {args.batch}, {args.size}x{args.size}, {args.dtype}, 150 classes, "
+        f"synthetic data; median of timed runs after {args.warmup} warm-up; total wall "
+        f"{wall_s / 60:.1f} min (this invocation), "
+        f"{sum(r['wall_s'] for r in results) / 60:.1f} min (sum over the models' subprocesses)",
+        "",
+        f"| model | params | fwd ms | fwd img/s | train s/step | train img/s | compile fwd s | "
+        f"compile train s | peak mem GiB ({mem_what}) | XLA train plan GiB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [format_row(r, args.batch) for r in results]
+    repeats = sorted({(r["model"], r["repeats"]) for r in results}, key=lambda x: x[0])
+    lines.append("")
+    lines.append("timed runs per model: " + ", ".join(f"{m} {n}" for m, n in repeats))
+    reused = [r["model"] for r in results if r.get("reused")]
+    if reused:
+        lines.append(f"rows reused from {args.json} (--resume): {', '.join(reused)}")
+    if ok and not gpu:
+        base = statistics.median(r["rss_after_imports_bytes"] for r in ok)
+        lines.append(f"host RSS after imports and batch creation (baseline): {base / GIB:.2f} GiB")
+    return "\n".join(lines)
+
+
+def parse_overrides(text: str) -> dict[str, int]:
+    """'upernet_swin_l=2,upernet_swin_b=2' -> {name: repeats}."""
+    out = {}
+    for item in filter(None, text.split(",")):
+        name, _, n = item.partition("=")
+        if name not in MODELS or not n.isdigit() or int(n) < 1:
+            raise SystemExit(
+                f"--repeats-override item {item!r}: use MODEL=N with N >= 1 and MODEL in "
+                f"{sorted(MODELS)}"
+            )
+        out[name] = int(n)
+    return out
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(MODELS), help="comma list; all by default")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--size", type=int, default=512, help="square crop size, multiple of 32")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs (median) per model")
+    parser.add_argument(
+        "--repeats-override", default="", help="per-model timed runs, e.g. upernet_swin_l=2"
+    )
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs after compiling")
+    parser.add_argument("--timeout", type=float, default=3 * 3600, help="seconds per model")
+    parser.add_argument("--json", default="", help="also write the results to this JSON file")
+    parser.add_argument(
+        "--resume", action="store_true", help="reuse the successful rows of --json; run the rest"
+    )
+    parser.add_argument("--child", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--result-file", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.model_list = [m for m in args.models.split(",") if m]
+    unknown = [m for m in args.model_list if m not in MODELS]
+    if unknown:
+        raise SystemExit(f"--models: unknown {unknown}; known: {', '.join(MODELS)}")
+    if args.size <= 0 or args.size % 32:
+        raise SystemExit(f"--size={args.size}: use a positive multiple of 32 (the model stride)")
+    if args.batch <= 0 or args.repeats < 1 or args.warmup < 0:
+        raise SystemExit("--batch and --repeats must be >= 1 and --warmup >= 0")
+    if args.resume and not args.json:
+        raise SystemExit("--resume needs --json OUT (the results to resume from)")
+    args.overrides = parse_overrides(args.repeats_override)
+    args.command = shlex.join(["python", "benchmarks/models.py", *sys.argv[1:]])
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.child:
+        sys.path.insert(0, str(ROOT))
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        child_main(args)
+        return
+    # The parent never imports JAX: on a GPU it would hold device memory the children need.
+    load_start = os.getloadavg()[0]
+    t = time.perf_counter()
+    previous = load_previous_results(args)
+    results = []
+    for name in args.model_list:
+        print(f"[{time.strftime('%H:%M:%S')}] {name} ...", file=sys.stderr, flush=True)
+        results.append(previous[name] if name in previous else run_child(name, args))
+        print(format_row(results[-1], args.batch), file=sys.stderr, flush=True)
+        if args.json:  # after every model, so a partial run keeps what it measured
+            pathlib.Path(args.json).write_text(json.dumps(results, indent=2))
+    report = format_report(results, args, time.perf_counter() - t, (load_start, os.getloadavg()[0]))
+    print(report, flush=True)
+
+
+if __name__ == "__main__":
+    main()
