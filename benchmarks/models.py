@@ -26,6 +26,7 @@ Each model runs in its own subprocess (clean peak memory; one crash does not sto
   peak mem         GPU/TPU: the device's peak_bytes_in_use (memory_stats); CPU: the process's peak
                    resident set (ru_maxrss), which includes the imports (JAX, TensorFlow)
   XLA train plan   arguments + outputs + temporaries - aliased, of the compiled train step
+  mean load        the 1-minute load average over the model's subprocess (shared machines)
 The machine may be shared: the load average at start and end is printed with the table.
 `--resume` keeps the successful rows of the same batch / size / dtype already in the --json file
 and runs only the other models (e.g. after one was killed for memory), then prints the full table.
@@ -171,11 +172,29 @@ def device_peak_bytes() -> int | None:
     return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
 
 
-def compile_timed(jitted, *args):
-    """-> (compiled executable, seconds of tracing + lowering + XLA compilation)."""
+def compile_timed(jitted, *args, what: str):
+    """-> (compiled executable, {what}_lower_s: tracing + lowering seconds, {what}_xla_compile_s,
+    {what}_compile_s: their sum, and the peak host RSS after each (compile memory on CPU))."""
     t = time.perf_counter()
-    compiled = jitted.lower(*args).compile()
-    return compiled, time.perf_counter() - t
+    lowered = jitted.lower(*args)
+    lower_s = time.perf_counter() - t
+    rss_lowered = peak_host_rss_bytes()
+    t = time.perf_counter()
+    compiled = lowered.compile()
+    xla_s = time.perf_counter() - t
+    stats = {
+        f"{what}_compile_s": lower_s + xla_s,
+        f"{what}_lower_s": lower_s,
+        f"{what}_xla_compile_s": xla_s,
+        f"peak_host_rss_after_{what}_lower_bytes": rss_lowered,
+        f"peak_host_rss_after_{what}_compile_bytes": peak_host_rss_bytes(),
+    }
+    print(
+        f"  {what}: traced + lowered in {lower_s:.1f} s, XLA compile {xla_s:.1f} s, peak RSS "
+        f"{stats[f'peak_host_rss_after_{what}_compile_bytes'] / GIB:.2f} GiB",
+        flush=True,
+    )
+    return compiled, stats
 
 
 def planned_bytes(compiled) -> int | None:
@@ -198,7 +217,7 @@ def time_forward(model_def, state, images, warmup: int, repeats: int) -> dict:
     def forward(params, rest, images):
         return model_def.merge(params, rest)(images, train=False).logits
 
-    compiled, compile_s = compile_timed(jax.jit(forward), state.params, state.rest, images)
+    compiled, stats = compile_timed(jax.jit(forward), state.params, state.rest, images, what="fwd")
     times = []
     for i in range(warmup + repeats):
         t = time.perf_counter()
@@ -207,11 +226,12 @@ def time_forward(model_def, state, images, warmup: int, repeats: int) -> dict:
         if i >= warmup:
             times.append(elapsed)
         print(f"  fwd call {i + 1}/{warmup + repeats}: {elapsed:.2f} s", flush=True)
-    return {"fwd_compile_s": compile_s, "fwd_times_s": times}
+    return stats | {"fwd_times_s": times}
 
 
-def time_train(config, model_def, tx_builder, state, batch, warmup: int, repeats: int):
-    """The real jitted train step: compile seconds, per-step seconds, the last loss, XLA plan."""
+def time_train(config, model_def, tx_builder, state, batch, warmup: int, repeats: int, save):
+    """The real jitted train step: compile seconds, per-step seconds, the last loss, XLA plan.
+    `save(partial)` is called once compiled (a child killed while stepping keeps the compile)."""
     import jax
 
     from msc_seg.train import contrastive_kwargs
@@ -228,8 +248,9 @@ def time_train(config, model_def, tx_builder, state, batch, warmup: int, repeats
     )
     key = jax.random.key(config.seed)
     jitted = jax.jit(step_fn, donate_argnums=(0,))
-    compiled, compile_s = compile_timed(jitted, state, batch, key)
-    rss_after_compile = peak_host_rss_bytes()  # tells compile memory from run memory on CPU
+    compiled, stats = compile_timed(jitted, state, batch, key, what="train")
+    stats["xla_train_plan_bytes"] = planned_bytes(compiled)
+    save(stats | {"phase": "train step (compiled)"})
     times, metrics = [], None
     for i in range(warmup + repeats):
         t = time.perf_counter()
@@ -238,18 +259,18 @@ def time_train(config, model_def, tx_builder, state, batch, warmup: int, repeats
         if i >= warmup:
             times.append(elapsed)
         print(f"  train step {i + 1}/{warmup + repeats}: {elapsed:.2f} s", flush=True)
-    return {
-        "train_compile_s": compile_s,
-        "peak_host_rss_after_train_compile_bytes": rss_after_compile,
+    return stats | {
         "train_times_s": times,
         "loss": float(metrics["loss"]),
         "nonfinite": float(metrics["nonfinite"]) > 0,
-        "xla_train_plan_bytes": planned_bytes(compiled),
     }
 
 
-def benchmark_one_model(name: str, args) -> dict:
-    """Everything measured for one model (runs in a child process)."""
+def benchmark_one_model(name: str, args, save) -> dict:
+    """Everything measured for one model (runs in a child process).
+
+    `save(result)` is called after every phase with what is known so far (and the phase now
+    running), so that a child killed for memory in the train step still reports its forward."""
     import jax
 
     from msc_seg import config_lib
@@ -278,23 +299,46 @@ def benchmark_one_model(name: str, args) -> dict:
         "num_devices_used": 1,
         "jax_version": jax.__version__,
         "rss_after_imports_bytes": rss_after_imports,
+        "phase": "forward",
     }
     print(f"  {name}: {result['params']:,} params, state built in {init_s:.1f} s", flush=True)
+    save(result)
     result |= time_forward(model_def, state, batch["image"], args.warmup, args.repeats)
-    result |= time_train(config, model_def, tx_builder, state, batch, args.warmup, args.repeats)
+    result |= {"phase": "train step (compiling)"}
+    save(result)
+    result |= time_train(
+        config, model_def, tx_builder, state, batch, args.warmup, args.repeats, save
+    )
     result["peak_host_rss_bytes"] = peak_host_rss_bytes()
     result["device_peak_bytes"] = device_peak_bytes()
+    result["phase"] = "done"
     return result
+
+
+def volunteer_for_oom_killer() -> None:
+    """On a shared machine, let the kernel kill this benchmark rather than a neighbour's job
+    when memory runs out (Linux; raising one's own oom_score_adj needs no privilege)."""
+    try:
+        pathlib.Path("/proc/self/oom_score_adj").write_text("1000")
+    except OSError:
+        pass
 
 
 def child_main(args) -> None:
     """Runs one model and writes its results (or the error) as JSON to --result-file."""
+    volunteer_for_oom_killer()
+    out = pathlib.Path(args.result_file)
+    partial = {"model": args.child, "phase": "start-up"}
+
+    def save(result: dict) -> None:
+        partial.update(result)
+        out.write_text(json.dumps(partial))
+
     try:
-        result = benchmark_one_model(args.child, args)
+        save(benchmark_one_model(args.child, args, save))
     except Exception as e:  # the parent reports the error in the table and goes on
         traceback.print_exc()
-        result = {"model": args.child, "error": f"{type(e).__name__}: {e}"[:300]}
-    pathlib.Path(args.result_file).write_text(json.dumps(result))
+        save({"error": f"{type(e).__name__} in {partial['phase']}: {e}"[:300]})
 
 
 # ------------------------------------------------------------------------------------------------
@@ -322,22 +366,49 @@ def run_child(name: str, args) -> dict:
     ]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
     t = time.perf_counter()
-    try:
-        proc = subprocess.run(
-            cmd, stdout=sys.stderr, stderr=sys.stderr, env=env, timeout=args.timeout, check=False
-        )
-        text = pathlib.Path(result_file).read_text()
-        result = json.loads(text) if text else {"model": name}
-        if proc.returncode and "error" not in result:
-            result["error"] = f"child exited with code {proc.returncode} (killed for memory?)"
-    except subprocess.TimeoutExpired:
-        result = {"model": name, "error": f"timed out after {args.timeout} s"}
-    finally:
-        pathlib.Path(result_file).unlink(missing_ok=True)
+    proc = subprocess.Popen(cmd, stdout=sys.stderr, stderr=sys.stderr, env=env)
+    rss_seen, timed_out, loads = 0, False, []
+    while proc.poll() is None:  # watch the child's peak RSS: a child killed cannot report it
+        rss_seen = max(rss_seen, proc_peak_rss_bytes(proc.pid))
+        loads.append(os.getloadavg()[0])
+        if time.perf_counter() - t > args.timeout:
+            proc.kill()
+            timed_out = True
+        time.sleep(1.0)
+    text = pathlib.Path(result_file).read_text()
+    pathlib.Path(result_file).unlink(missing_ok=True)
+    result = json.loads(text) if text else {"model": name, "phase": "start-up"}
+    result["peak_host_rss_seen_bytes"] = rss_seen or None
+    # The machine may be shared: the mean 1-minute load over the child's run says how much.
+    result["load_mean"] = statistics.fmean(loads) if loads else None
+    if timed_out:
+        result["error"] = f"timed out after {args.timeout:.0f} s in {result['phase']}"
+    elif proc.returncode and "error" not in result:
+        result["error"] = describe_exit(proc.returncode, result["phase"], rss_seen)
     result["wall_s"] = time.perf_counter() - t
     result["repeats"] = repeats_for(name, args)
     result |= {"batch": args.batch, "size": args.size, "dtype": args.dtype}
     return result
+
+
+def proc_peak_rss_bytes(pid: int) -> int:
+    """Peak RSS (VmHWM) of process `pid` from /proc (Linux), 0 where unavailable."""
+    try:
+        for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def describe_exit(returncode: int, phase: str, rss_seen: int) -> str:
+    """A table-sized reason for a child that died without reporting an error."""
+    how = f"killed by signal {-returncode}" if returncode < 0 else f"exited with {returncode}"
+    text = f"{how} in {phase}"
+    if returncode == -9 and rss_seen:  # SIGKILL with a large RSS: the kernel's OOM killer
+        text += f" (out of memory? peak RSS seen {rss_seen / GIB:.1f} GiB)"
+    return text
 
 
 def load_previous_results(args) -> dict[str, dict]:
@@ -357,7 +428,7 @@ def load_previous_results(args) -> dict[str, dict]:
 def format_row(r: dict, batch: int) -> str:
     label = MODELS[r["model"]].label
     if "error" in r:
-        return f"| {label} | failed: {r['error']} |" + " |" * 8
+        return format_failed_row(r, batch)
     fwd_s = statistics.median(r["fwd_times_s"])
     train_s = statistics.median(r["train_times_s"])
     mem = r["device_peak_bytes"] or r["peak_host_rss_bytes"]
@@ -367,12 +438,35 @@ def format_row(r: dict, batch: int) -> str:
         f"| {label}{flag} | {r['params'] / 1e6:.1f} M | {1000 * fwd_s:.0f} | "
         f"{batch / fwd_s:.2f} | {train_s:.2f} | {batch / train_s:.3f} | "
         f"{r['fwd_compile_s']:.1f} | {r['train_compile_s']:.1f} | {mem / GIB:.2f} | "
-        f"{'-' if plan is None else f'{plan / GIB:.2f}'} |"
+        f"{'-' if plan is None else f'{plan / GIB:.2f}'} | {format_load(r)} |"
     )
 
 
+def format_failed_row(r: dict, batch: int) -> str:
+    """The columns measured before the child failed, then the reason in the train columns."""
+    label = MODELS[r["model"]].label
+    params = f"{r['params'] / 1e6:.1f} M" if "params" in r else ""
+    fwd = ["", "", ""]
+    if "fwd_times_s" in r:
+        fwd_s = statistics.median(r["fwd_times_s"])
+        fwd = [f"{1000 * fwd_s:.0f}", f"{batch / fwd_s:.2f}", f"{r['fwd_compile_s']:.1f}"]
+    train_compile = f"{r['train_compile_s']:.1f}" if "train_compile_s" in r else ""
+    plan = r.get("xla_train_plan_bytes")
+    seen = r.get("peak_host_rss_seen_bytes")
+    return (
+        f"| {label} | {params} | {fwd[0]} | {fwd[1]} | failed: {r['error']} | | {fwd[2]} | "
+        f"{train_compile} | {f'>= {seen / GIB:.2f}' if seen else ''} | "
+        f"{f'{plan / GIB:.2f}' if plan else ''} | {format_load(r)} |"
+    )
+
+
+def format_load(r: dict) -> str:
+    load = r.get("load_mean")
+    return "-" if load is None else f"{load:.1f}"
+
+
 def machine_line(results: list[dict]) -> str:
-    ok = [r for r in results if "error" not in r]
+    ok = [r for r in results if "backend" in r]
     if not ok:
         return f"machine: {os.cpu_count()} CPU cores (no model finished)"
     r = ok[0]
@@ -397,13 +491,17 @@ def format_report(results: list[dict], args, wall_s: float, load: tuple) -> str:
         f"{sum(r['wall_s'] for r in results) / 60:.1f} min (sum over the models' subprocesses)",
         "",
         f"| model | params | fwd ms | fwd img/s | train s/step | train img/s | compile fwd s | "
-        f"compile train s | peak mem GiB ({mem_what}) | XLA train plan GiB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"compile train s | peak mem GiB ({mem_what}) | XLA train plan GiB | mean load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [format_row(r, args.batch) for r in results]
     repeats = sorted({(r["model"], r["repeats"]) for r in results}, key=lambda x: x[0])
     lines.append("")
     lines.append("timed runs per model: " + ", ".join(f"{m} {n}" for m, n in repeats))
+    lines.append(
+        f"mean load: the 1-minute load average over the model's run ({os.cpu_count()} cores; the "
+        "benchmark alone adds about the number of cores XLA uses)"
+    )
     reused = [r["model"] for r in results if r.get("reused")]
     if reused:
         lines.append(f"rows reused from {args.json} (--resume): {', '.join(reused)}")
