@@ -25,13 +25,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from msc_seg.losses import contrastive_loss_for_batch, sample_batch_anchors
+from msc_seg.losses import ContrastiveOptions, contrastive_loss_for_batch, sample_batch_anchors
 
 NUM_CLASSES = 150
 STRIDES = (4, 8, 16, 32)
 DIM = 256
-SETTINGS = dict(
-    num_classes=NUM_CLASSES,
+SETTINGS = dict(  # ContrastiveOptions fields (the paper's)
     temperature=0.1,
     scale_weights=(1.0, 0.7, 0.4, 0.1),
     cross_scale=True,
@@ -150,9 +149,10 @@ def memory(fn, args) -> tuple[float, float]:
 def run_case(name: str, repeats: int, rate: MatmulRate, block: int, col_block: int) -> dict:
     case = CASES[name]
     embeddings, labels, key = make_inputs(case)
-    kw = dict(
-        SETTINGS, images_per_group=case["group"], block_size=block, column_block_size=col_block
+    options = ContrastiveOptions(
+        **SETTINGS, images_per_group=case["group"], block_size=block, column_block_size=col_block
     )
+    kw = dict(num_classes=NUM_CLASSES, options=options)
 
     def forward(e, lab, k):
         return contrastive_loss_for_batch(e, lab, k, **kw)[0]

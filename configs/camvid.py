@@ -8,7 +8,7 @@ at full resolution (every 360x480 image is padded to eval.pad_shape). Prepare th
     python -m msc_seg.main --config=configs/camvid.py:contrastive=0 --workdir=runs/camvid_ce
 Arguments (`--config=configs/camvid.py:steps=300,contrastive=0.1`): steps (total_steps; warmup,
 checkpoint and eval cadence follow it) and contrastive (the weight of MS + CS; 0 = CE only).
-The eval split is the registry's `val`; use `--config.dataset.eval_split=test` for test numbers.
+The eval split is the registry's `val`; use `--config.eval.data.split=test` for test numbers.
 """
 
 from msc_seg import config_lib
@@ -31,9 +31,9 @@ def get_config(arg=None):
     # A fifth of the area of a 360x480 frame: more steps per CPU minute than full frames (the
     # measured choice of benchmarks/camvid.py); the scale range keeps train objects around their
     # test-time (native) size.
-    c.dataset.crop_size = (160, 224)
-    c.dataset.scale_range = (0.75, 1.5)
-    c.dataset.shuffle_buffer = 400  # more than the 367 train images: a full shuffle
+    c.dataset.train.crop_size = (160, 224)
+    c.dataset.train.scale_range = (0.75, 1.5)
+    c.dataset.train.shuffle_buffer = 400  # more than the 367 train images: a full shuffle
 
     c.model.name = "upernet"
     c.model.backbone = "resnet_tiny_test"
@@ -46,15 +46,15 @@ def get_config(arg=None):
     c.loss.contrastive.weight = args.contrastive
     c.loss.contrastive.cross_scale = True
     c.loss.contrastive.images_per_group = 4
-    c.loss.contrastive.max_features_total = 2000
+    c.loss.contrastive.max_total = 2000
 
     c.optimizer.name = "adamw"
-    c.optimizer.learning_rate = 4e-3
+    c.schedule.learning_rate = 4e-3
     c.optimizer.weight_decay = 0.01
     c.schedule.warmup_steps = min(50, args.steps // 10)
     c.schedule.poly_power = 1.0
 
     c.eval.batch_size = 8
-    c.eval.pad_shape = (384, 480)  # 360x480 frames padded to a multiple of the stride 32
+    c.eval.data.pad_shape = (384, 480)  # 360x480 frames padded to a multiple of the stride 32
     c.eval.num_images_to_log = 4
     return c

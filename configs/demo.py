@@ -24,9 +24,9 @@ def get_config(arg=None):
     c.keep_checkpoints = 2
 
     c.dataset.name = "demo"
-    c.dataset.crop_size = (128, 128)
-    c.dataset.shuffle_buffer = 512
-    c.dataset.scale_range = (0.75, 1.5)
+    c.dataset.train.crop_size = (128, 128)
+    c.dataset.train.shuffle_buffer = 512
+    c.dataset.train.scale_range = (0.75, 1.5)
 
     c.model.name = "upernet"
     c.model.backbone = "resnet_tiny_test"
@@ -38,15 +38,15 @@ def get_config(arg=None):
 
     c.loss.contrastive.weight = args.contrastive
     c.loss.contrastive.images_per_group = 4
-    c.loss.contrastive.max_features_total = 2000
+    c.loss.contrastive.max_total = 2000
 
     c.optimizer.name = "adamw"
-    c.optimizer.learning_rate = 4e-3
+    c.schedule.learning_rate = 4e-3
     c.optimizer.weight_decay = 0.01
     c.schedule.warmup_steps = 50
     c.schedule.poly_power = 1.0
 
     c.eval.batch_size = 16
-    c.eval.pad_shape = (128, 128)
+    c.eval.data.pad_shape = (128, 128)
     c.eval.num_images_to_log = 4
     return c

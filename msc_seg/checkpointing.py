@@ -1,15 +1,32 @@
-"""orbax checkpoints: the last K steps under `checkpoints/`, the best by val mIoU under `best/`.
+"""Everything about a workdir's checkpoints: saving, finding, restoring, and the config check.
 
-Saves are asynchronous; restores go into the abstract state of the *current* run, so a run saved on
-8 devices resumes on 1 (or the other way round) with the current shardings.
+orbax writes the last K steps under `checkpoints/` and the best by val mIoU under `best/`. Saves
+are asynchronous; restores go into the abstract state of the *current* run, so a run saved on
+8 devices resumes on 1 (or the other way round) with the current shardings. `WORKDIR/config.json`
+is the run's resolved config: a run whose structural settings differ is refused (train, eval and
+predict all use `check_workdir_config`). `resolve_checkpoint` finds the folder that
+`--checkpoint=latest|best|STEP|PATH` names without creating orbax managers.
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
+import time
+from collections.abc import Mapping
 
+import jax
 import orbax.checkpoint as ocp
+
+from msc_seg import config_lib
+
+
+class CheckpointError(FileNotFoundError):
+    """A checkpoint that is not there or cannot be read; the message says what to do."""
+
+
+class WorkdirMismatchError(RuntimeError):
+    """The workdir holds checkpoints of a different (structurally incompatible) config."""
 
 
 class Checkpointer:
@@ -78,3 +95,180 @@ class Checkpointer:
     def close(self) -> None:
         self.latest.close()
         self.best.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The workdir's config.
+
+
+def _has_checkpoints(workdir: pathlib.Path) -> bool:
+    return any(
+        (workdir / d).is_dir() and any((workdir / d).iterdir()) for d in ("checkpoints", "best")
+    )
+
+
+def saved_config(workdir: str | pathlib.Path) -> dict | None:
+    """WORKDIR/config.json as a dict (renamed fields moved to their new names), None if absent."""
+    path = pathlib.Path(workdir) / "config.json"
+    if not path.exists():
+        return None
+    return config_lib.upgraded_dict(json.loads(path.read_text()))
+
+
+def check_workdir_config(workdir: str | pathlib.Path, config: Mapping, *, what: str) -> None:
+    """WorkdirMismatchError when `workdir` holds checkpoints of a structurally different config.
+
+    config: the current config as a dict; what: the culprit to name ("--config", "this config").
+    """
+    workdir = pathlib.Path(workdir)
+    saved = saved_config(workdir)
+    if saved is None:
+        if _has_checkpoints(workdir):
+            raise WorkdirMismatchError(
+                f"workdir {workdir} has checkpoints but no config.json, so it cannot be checked "
+                f"against {what}; use a new --workdir"
+            )
+        return
+    diffs = config_lib.structural_differences(saved, dict(config))
+    if diffs and _has_checkpoints(workdir):
+        raise WorkdirMismatchError(
+            f"workdir {workdir} holds checkpoints of another config ({'; '.join(diffs)}). "
+            f"Pass the config the run was trained with, use a new --workdir, or move its "
+            "checkpoints/ and best/ away to start over."
+        )
+
+
+def write_workdir_config(workdir: str | pathlib.Path, config_json: str) -> None:
+    """Writes the resolved config as WORKDIR/config.json (process 0); a previous, different
+    config.json is kept as config.<time>.json (never lost)."""
+    workdir = pathlib.Path(workdir)
+    path = workdir / "config.json"
+    if jax.process_index() != 0:
+        return
+    workdir.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        if json.loads(path.read_text()) == json.loads(config_json):
+            return
+        path.rename(workdir / f"config.{time.strftime('%Y%m%d-%H%M%S')}.json")
+    path.write_text(config_json)
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding a checkpoint (eval and predict), without orbax managers.
+
+_TRAIN_FIRST = (
+    "train first (python -m msc_seg.main --config=... --workdir=...) or pass "
+    "--checkpoint=/path/to/WORKDIR/checkpoints/STEP"
+)
+
+
+def _is_step_name(name: str) -> bool:
+    return name.isdigit()
+
+
+def _latest_step_dir(manager_dir: pathlib.Path) -> pathlib.Path | None:
+    """The highest committed step folder of an orbax manager folder (checkpoints/ or best/)."""
+    if not manager_dir.is_dir():
+        return None
+    steps = [p for p in manager_dir.iterdir() if p.is_dir() and _is_step_name(p.name)]
+    return max(steps, key=lambda p: int(p.name)) if steps else None
+
+
+def _item_dir(step_dir: pathlib.Path) -> pathlib.Path:
+    """The folder orbax restores from: STEP/default (what CheckpointManager writes) or STEP."""
+    return step_dir / "default" if (step_dir / "default").is_dir() else step_dir
+
+
+def _step_dir_in_workdir(workdir: str, checkpoint: str) -> pathlib.Path:
+    """The step folder of --checkpoint=latest|best|STEP in --workdir."""
+    root = pathlib.Path(workdir)
+    if not root.is_dir():
+        raise CheckpointError(f"--workdir={workdir} does not exist; {_TRAIN_FIRST}")
+    if checkpoint == "best":
+        best = root / "best" / "best.json"
+        step_dir = (
+            root / "best" / str(json.loads(best.read_text())["step"]) if best.exists() else None
+        )
+        if step_dir is None or not step_dir.is_dir():
+            raise CheckpointError(
+                f"--workdir={workdir} has no best checkpoint under best/ (written by an "
+                "evaluation during training); use --checkpoint=latest or a step number"
+            )
+        return step_dir
+    if checkpoint == "latest":
+        step_dir = _latest_step_dir(root / "checkpoints")
+        if step_dir is None:
+            raise CheckpointError(
+                f"--workdir={workdir} has no checkpoint under checkpoints/; {_TRAIN_FIRST}"
+            )
+        return step_dir
+    step_dir = root / "checkpoints" / checkpoint
+    if not step_dir.is_dir():
+        saved = sorted(
+            int(p.name) for p in (root / "checkpoints").glob("*") if _is_step_name(p.name)
+        )
+        raise CheckpointError(
+            f"--workdir={workdir} has no checkpoint of step {checkpoint} under checkpoints/ "
+            f"(saved steps: {saved or 'none'}); pass one of them, 'latest' or 'best'"
+        )
+    return step_dir
+
+
+def _step_dir_at_path(checkpoint: str) -> pathlib.Path:
+    """The step folder of --checkpoint=PATH: a step folder, a checkpoints/ folder, a workdir."""
+    path = pathlib.Path(checkpoint)
+    if not path.exists():
+        raise CheckpointError(f"--checkpoint={checkpoint} does not exist; {_TRAIN_FIRST}")
+    if (path / "checkpoints").is_dir():  # a workdir
+        path = path / "checkpoints"
+    latest = _latest_step_dir(path)
+    if latest is not None and not (path / "_CHECKPOINT_METADATA").exists():
+        path = latest  # a manager folder: its latest step
+    return path
+
+
+def is_checkpoint_path(checkpoint: str) -> bool:
+    """Whether --checkpoint names a path (not latest / best / a step number)."""
+    return checkpoint not in ("latest", "best") and not _is_step_name(checkpoint)
+
+
+def resolve_checkpoint(workdir: str | None, checkpoint: str) -> pathlib.Path:
+    """The orbax item folder named by --checkpoint (latest|best|STEP within --workdir, or a path
+    to a step folder, a checkpoints/ folder or a workdir); CheckpointError saying what to do."""
+    if not is_checkpoint_path(checkpoint):
+        if not workdir:
+            raise CheckpointError(
+                f"--checkpoint={checkpoint} needs --workdir (or a checkpoint path)"
+            )
+        return _item_dir(_step_dir_in_workdir(workdir, checkpoint))
+    item = _item_dir(_step_dir_at_path(checkpoint))
+    if not (item / "_METADATA").exists():
+        raise CheckpointError(
+            f"--checkpoint={checkpoint} is not an orbax checkpoint (no _METADATA in {item}); "
+            "pass WORKDIR/checkpoints/STEP, WORKDIR/best/STEP or a workdir"
+        )
+    return item
+
+
+def workdir_of(item_dir: pathlib.Path) -> pathlib.Path:
+    """WORKDIR of an item folder WORKDIR/{checkpoints,best}/STEP[/default]."""
+    step_dir = item_dir.parent if item_dir.name == "default" else item_dir
+    return step_dir.parent.parent
+
+
+def step_of(item_dir: pathlib.Path) -> int | None:
+    step_dir = item_dir.parent if item_dir.name == "default" else item_dir
+    return int(step_dir.name) if _is_step_name(step_dir.name) else None
+
+
+def restore_item(item_dir: pathlib.Path, abstract_state):
+    """The state of an orbax item folder, restored into `abstract_state` (current shardings);
+    CheckpointError naming the folder when it does not fit."""
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            return checkpointer.restore(item_dir.absolute(), abstract_state)
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        raise CheckpointError(
+            f"cannot restore {item_dir} into the model of this config ({type(e).__name__}: "
+            f"{e}); pass the config the checkpoint was trained with"
+        ) from None

@@ -1,4 +1,5 @@
-"""The evaluation loop (confusion matrix on device, mmseg-style table) and the eval-only mode."""
+"""The evaluation loop: eval step (confusion matrix on device), loop over batches, mmseg-style
+table and files. Receives built objects (model definition, protocol, batches); reads no config."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from collections.abc import Callable, Iterable
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from PIL import Image
 
@@ -19,24 +19,6 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 # The eval pipeline pads images with raw 0 before normalising; rescaled canvases use the same.
 PAD_VALUE = -IMAGENET_MEAN / IMAGENET_STD
-
-
-def inference_protocol(eval_config: ml_collections.ConfigDict) -> inference.Protocol:
-    """The `eval` config section's inference protocol (mode, windows, scales, flip, average)."""
-    e = eval_config
-    return inference.Protocol(
-        mode=e.mode,
-        window=(int(e.window[0]), int(e.window[1])),
-        stride=(int(e.stride[0]), int(e.stride[1])),
-        scales=tuple(float(s) for s in e.scales),
-        flip=bool(e.flip),
-        average=e.average,
-    )
-
-
-def resizes_images(eval_config: ml_collections.ConfigDict) -> bool:
-    """Whether the input pipeline resizes images, so scores must be mapped onto the label grid."""
-    return bool(eval_config.resize_short_side or eval_config.resize_long_side)
 
 
 def predict_scores(
@@ -60,7 +42,7 @@ def predict_scores(
 
     def apply(x):
         # Merged at every call: inside the window scan this builds the model in the scan's trace.
-        model = model_def.merge(state.params, state.rest)
+        model = model_def.apply(state)
         return model(x, train=False).logits
 
     return inference.infer_logits(
@@ -195,19 +177,3 @@ def report_evaluation(
         if images:
             reporter.write_images(step, {f"eval/{k}": v for k, v in images.items()})
     return results
-
-
-def evaluate_checkpoint(
-    config: ml_collections.ConfigDict, workdir: str | pathlib.Path, checkpoint: str = "latest"
-) -> dict:
-    """Eval-only mode: restores a checkpoint of `workdir` ('latest', 'best' or a step number)."""
-    from msc_seg import train  # the same set-up code as training
-
-    run = train.setup_run(config, workdir, for_training=False)
-    best = checkpoint == "best"
-    step = None if checkpoint in ("latest", "best") else int(checkpoint)
-    state, step = run.checkpointer.restore(run.abstract_state, step, best=best)
-    try:
-        return train.evaluate_state(run, state, int(step))
-    finally:
-        run.close()

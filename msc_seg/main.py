@@ -46,24 +46,10 @@ flags.DEFINE_bool("recursive", False, "predict: also read the sub-folders of --i
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host runs).")
 
 
-def hide_accelerators_from_tensorflow() -> None:
-    import tensorflow as tf
-
-    for kind in ("GPU", "TPU"):
-        try:
-            tf.config.set_visible_devices([], kind)
-        except (RuntimeError, ValueError):
-            pass
-
-
 def _wants_distributed() -> bool:
     return FLAGS.distributed or any(
         v in os.environ for v in ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS")
     )
-
-
-def _checkpoint_is_path(checkpoint: str) -> bool:
-    return checkpoint not in ("latest", "best") and not checkpoint.isdigit()
 
 
 def _check_mode_flags() -> None:
@@ -72,7 +58,9 @@ def _check_mode_flags() -> None:
         for name in ("images", "output"):
             if not FLAGS[name].value:
                 raise app.UsageError(f"--mode=predict needs --{name}=DIR")
-        if not FLAGS.workdir and not _checkpoint_is_path(FLAGS.checkpoint):
+        if not FLAGS.workdir and not (
+            FLAGS.checkpoint not in ("latest", "best") and not FLAGS.checkpoint.isdigit()
+        ):
             raise app.UsageError(
                 "--mode=predict needs --workdir (with --checkpoint=latest|best|STEP) or "
                 "--checkpoint=/path/to/checkpoint"
@@ -82,9 +70,9 @@ def _check_mode_flags() -> None:
 
 
 def _predict() -> None:
-    from msc_seg import predict
+    from msc_seg import modes
 
-    result = predict.predict_folder(
+    result = modes.predict_images(
         FLAGS.config,
         images=FLAGS.images,
         output=FLAGS.output,
@@ -111,24 +99,27 @@ def main(argv) -> None:
     if not FLAGS["verbosity"].present:
         # Progress lines and tables are printed; library INFO logs (orbax, clu) only with -v 0.
         logging.set_verbosity(logging.WARNING)
-    hide_accelerators_from_tensorflow()
+    # Importing the pipeline hides GPUs/TPUs from TensorFlow (tf.data only) before any TF op.
     import jax
+
+    from msc_seg.data import pipeline
 
     if _wants_distributed():
         jax.distributed.initialize()
 
-    from msc_seg import config_lib, evaluate, predict, train
+    from msc_seg import checkpointing, modes, predict, train
+    from msc_seg.errors import ConfigError
 
     try:
         if FLAGS.mode == "train":
             train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
         elif FLAGS.mode == "eval":
-            evaluate.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint)
+            modes.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint)
         else:
             _predict()
     except (
-        config_lib.ConfigError,
-        train.WorkdirMismatchError,
+        ConfigError,
+        checkpointing.WorkdirMismatchError,
         train.NonFiniteLossError,
         predict.PredictError,
         FileNotFoundError,
@@ -136,15 +127,31 @@ def main(argv) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except Exception as e:  # data-preparation errors carry instructions: show them plainly
-        from msc_seg.data import pipeline
-
         if isinstance(e, pipeline.DatasetNotPreparedError):
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
         raise
 
 
+def refuse_renamed_overrides(argv: list[str]) -> None:
+    """`--config.OLD=...` of a renamed field: one line naming the new field, exit code 2 (absl
+    would only say the field does not exist)."""
+    from msc_seg.config_lib import RENAMED_FIELDS
+
+    for arg in argv[1:]:
+        if arg.startswith("--config.") and "=" in arg:
+            field = arg[len("--config.") : arg.index("=")]
+            if field in RENAMED_FIELDS:
+                print(
+                    f"error: config field `{field}` is now `{RENAMED_FIELDS[field]}`; pass "
+                    f"--config.{RENAMED_FIELDS[field]}={arg.split('=', 1)[1]}",
+                    file=sys.stderr,
+                )
+                sys.exit(2)
+
+
 def run() -> None:
+    refuse_renamed_overrides(sys.argv)
     app.run(main)
 
 

@@ -4,40 +4,36 @@ r"""Predict mode: segment a folder of images with a trained checkpoint.
         --images=IN_DIR --output=OUT_DIR [--checkpoint=latest|best|STEP|/path/to/checkpoint]
 
 Every .jpg/.jpeg/.png of IN_DIR (sorted; sub-folders with --recursive) goes through the configured
-evaluation protocol (`eval.resize_short_side` / `resize_long_side`, `eval.mode`, scales, flip), and
+evaluation input (`eval.data` resize sides and canvas) and protocol (`eval.protocol`), and
 OUT_DIR receives, per image NAME (sub-folders mirrored):
   NAME_mask.png     the prediction in the dataset's palette colours, at the image's size;
   NAME_overlay.png  the mask blended over the image;
   NAME_ids.png      class ids (uint8, or uint16 for more than 256 classes).
 Only the dataset's class names and palette are used (the registry): the dataset itself need not
-be prepared. Images are padded to `eval.pad_shape` (one compile); an image that does not fit gets
-a larger canvas (one more compile per canvas size, announced on stderr). Unreadable files are
-skipped with a warning naming them; a progress line on stderr shows count, img/s and ETA.
+be prepared. Images are padded to `eval.data.pad_shape` (one compile); an image that does not
+fit gets a larger canvas (one more compile per canvas size, announced on stderr). Unreadable
+files are skipped with a warning naming them; a progress line on stderr shows count, img/s and ETA.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 import sys
-import time
 from collections.abc import Callable, Iterable
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from PIL import Image
 
-from msc_seg import config_lib, evaluate, inference, reporting
+from msc_seg import evaluate, inference, reporting
 from msc_seg import mesh as mesh_lib
-from msc_seg.data import pipeline, registry
-from msc_seg.train_state import ModelDef, TrainState, make_state_factory, make_tx_builder
+from msc_seg.data import pipeline
+from msc_seg.train_state import ModelDef
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-# Canvases of images that do not fit eval.pad_shape are rounded up to this, so that a folder of
+# Canvases of images that do not fit the pad shape are rounded up to this, so that a folder of
 # similar large images shares a few compiled shapes.
 BUCKET_MULTIPLE = 128
 
@@ -90,7 +86,7 @@ def output_stems(files: list[pathlib.Path], images_dir: str | pathlib.Path) -> l
 
 
 def canvas_shape(hw: tuple[int, int], pad_shape: tuple[int, int]) -> tuple[int, int]:
-    """eval.pad_shape when `hw` fits in it; else each side that does not fit is rounded up to
+    """pad_shape when `hw` fits in it; else each side that does not fit is rounded up to
     BUCKET_MULTIPLE (so a folder of similar large images shares a few compiled shapes)."""
     h, w = (
         p if n <= p else inference.round_up(n, BUCKET_MULTIPLE)
@@ -122,11 +118,11 @@ class Example:
         return self.image.shape[0], self.image.shape[1]
 
 
-def prepare_example(index: int, rgb: np.ndarray, eval_config) -> Example:
-    """Resizes (eval.resize_short_side / resize_long_side, as the eval pipeline) and normalises."""
-    resized = pipeline.resize_for_eval(
-        rgb, eval_config.resize_short_side or None, eval_config.resize_long_side or None
-    )
+def prepare_example(
+    index: int, rgb: np.ndarray, resize_short_side: int = 0, resize_long_side: int = 0
+) -> Example:
+    """Resizes (short / long side, 0 = off, as the eval pipeline) and normalises."""
+    resized = pipeline.resize_for_eval(rgb, resize_short_side or None, resize_long_side or None)
     return Example(index, rgb, normalize(np.asarray(resized)))
 
 
@@ -142,132 +138,6 @@ def stack_batch(examples: list[Example], batch_size: int, in_shape: tuple[int, i
         "image_hw": np.array([ex.image_hw for ex in rows], np.int32),
         "out_hw": np.array([ex.original_hw for ex in rows], np.int32),
     }
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoint.
-
-
-def _is_step_name(name: str) -> bool:
-    return name.isdigit()
-
-
-def _latest_step_dir(manager_dir: pathlib.Path) -> pathlib.Path | None:
-    """The highest committed step folder of an orbax manager folder (checkpoints/ or best/)."""
-    if not manager_dir.is_dir():
-        return None
-    steps = [p for p in manager_dir.iterdir() if p.is_dir() and _is_step_name(p.name)]
-    return max(steps, key=lambda p: int(p.name)) if steps else None
-
-
-def _item_dir(step_dir: pathlib.Path) -> pathlib.Path:
-    """The folder orbax restores from: STEP/default (what CheckpointManager writes) or STEP."""
-    return step_dir / "default" if (step_dir / "default").is_dir() else step_dir
-
-
-_TRAIN_FIRST = (
-    "train first (python -m msc_seg.main --config=... --workdir=...) or pass "
-    "--checkpoint=/path/to/WORKDIR/checkpoints/STEP"
-)
-
-
-def _checkpoint_in_workdir(workdir: str, checkpoint: str) -> pathlib.Path:
-    """The step folder of --checkpoint=latest|best|STEP in --workdir."""
-    root = pathlib.Path(workdir)
-    if not root.is_dir():
-        raise PredictError(f"--workdir={workdir} does not exist; {_TRAIN_FIRST}")
-    if checkpoint == "best":
-        best = root / "best" / "best.json"
-        step_dir = (
-            root / "best" / str(json.loads(best.read_text())["step"]) if best.exists() else None
-        )
-        if step_dir is None or not step_dir.is_dir():
-            raise PredictError(
-                f"--workdir={workdir} has no best checkpoint under best/ (written by an "
-                "evaluation during training); use --checkpoint=latest or a step number"
-            )
-        return step_dir
-    if checkpoint == "latest":
-        step_dir = _latest_step_dir(root / "checkpoints")
-        if step_dir is None:
-            raise PredictError(
-                f"--workdir={workdir} has no checkpoint under checkpoints/; {_TRAIN_FIRST}"
-            )
-        return step_dir
-    step_dir = root / "checkpoints" / checkpoint
-    if not step_dir.is_dir():
-        saved = sorted(
-            int(p.name) for p in (root / "checkpoints").glob("*") if _is_step_name(p.name)
-        )
-        raise PredictError(
-            f"--workdir={workdir} has no checkpoint of step {checkpoint} under checkpoints/ "
-            f"(saved steps: {saved or 'none'}); pass one of them, 'latest' or 'best'"
-        )
-    return step_dir
-
-
-def _checkpoint_at_path(checkpoint: str) -> pathlib.Path:
-    """The step folder of --checkpoint=PATH: a step folder, a checkpoints/ folder, a workdir."""
-    path = pathlib.Path(checkpoint)
-    if not path.exists():
-        raise PredictError(f"--checkpoint={checkpoint} does not exist; {_TRAIN_FIRST}")
-    if (path / "checkpoints").is_dir():  # a workdir
-        path = path / "checkpoints"
-    latest = _latest_step_dir(path)
-    if latest is not None and not (path / "_CHECKPOINT_METADATA").exists():
-        path = latest  # a manager folder: its latest step
-    return path
-
-
-def resolve_checkpoint(workdir: str | None, checkpoint: str) -> pathlib.Path:
-    """The orbax item folder named by --checkpoint (latest|best|STEP within --workdir, or a path
-    to a step folder, a checkpoints/ folder or a workdir); PredictError saying what to do."""
-    if checkpoint in ("latest", "best") or _is_step_name(checkpoint):
-        if not workdir:
-            raise PredictError(f"--checkpoint={checkpoint} needs --workdir (or a checkpoint path)")
-        return _item_dir(_checkpoint_in_workdir(workdir, checkpoint))
-    item = _item_dir(_checkpoint_at_path(checkpoint))
-    if not (item / "_METADATA").exists():
-        raise PredictError(
-            f"--checkpoint={checkpoint} is not an orbax checkpoint (no _METADATA in {item}); "
-            "pass WORKDIR/checkpoints/STEP, WORKDIR/best/STEP or a workdir"
-        )
-    return item
-
-
-def check_run_config(item_dir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
-    """PredictError when the run that wrote `item_dir` (WORKDIR/checkpoints/STEP/default, with
-    WORKDIR/config.json) was trained with a structurally different config."""
-    workdir = (
-        item_dir.parent.parent.parent if item_dir.name == "default" else item_dir.parent.parent
-    )
-    path = workdir / "config.json"
-    if not path.exists():
-        return
-    diffs = config_lib.structural_differences(
-        json.loads(path.read_text()), json.loads(config_lib.to_json(config))
-    )
-    if diffs:
-        raise PredictError(
-            f"--config does not match the model trained in {workdir} ({'; '.join(diffs)}); "
-            "pass the config the run was trained with"
-        )
-
-
-def restore_for_inference(
-    config: ml_collections.ConfigDict, item_dir: pathlib.Path, mesh, num_classes: int
-) -> tuple[ModelDef, TrainState]:
-    """(model definition, state) restored from an orbax item folder, replicated over `mesh`."""
-    model_def, _, abstract = make_state_factory(config, num_classes, mesh, make_tx_builder(config))
-    try:
-        with ocp.StandardCheckpointer() as checkpointer:
-            state = checkpointer.restore(item_dir.absolute(), abstract)
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        raise PredictError(
-            f"cannot restore {item_dir} into the model of --config ({type(e).__name__}: {e}); "
-            "pass the config the checkpoint was trained with"
-        ) from None
-    return model_def, state
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,50 +183,6 @@ def write_prediction(
     return paths
 
 
-def _fmt_duration(seconds: float) -> str:
-    if not np.isfinite(seconds):
-        return "?"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
-
-
-class ProgressBar:
-    """One updating line on `stream`: 'predict [#####.....] 12/40 | 3.1 img/s | ETA 0m09s'."""
-
-    def __init__(self, total: int, stream=None, label: str = "predict", width: int = 24):
-        self.total, self.done, self.label, self.width = total, 0, label, width
-        self.stream = stream if stream is not None else sys.stderr
-        self.start = time.perf_counter()
-        self._draw()
-
-    def _draw(self) -> None:
-        elapsed = time.perf_counter() - self.start
-        rate = self.done / elapsed if elapsed > 0 and self.done else 0.0
-        eta = (self.total - self.done) / rate if rate > 0 else float("nan")
-        filled = int(self.width * self.done / max(self.total, 1))
-        bar = "#" * filled + "." * (self.width - filled)
-        self.stream.write(
-            f"\r{self.label} [{bar}] {self.done}/{self.total} | {rate:.2f} img/s | "
-            f"ETA {_fmt_duration(eta)} "
-        )
-        self.stream.flush()
-
-    def update(self, n: int = 1) -> None:
-        self.done += n
-        self._draw()
-
-    def message(self, text: str) -> None:
-        """Prints a line above the bar (warnings) and redraws the bar."""
-        is_tty = getattr(self.stream, "isatty", lambda: False)()
-        self.stream.write(("\r\033[K" if is_tty else "\n") + text + "\n")
-        self._draw()
-
-    def close(self) -> None:
-        self.stream.write("\n")
-        self.stream.flush()
-
-
 def _batches_by_canvas(
     examples: Iterable[Example], batch_size: int, canvases: Callable
 ) -> Iterable[tuple[tuple, list[Example]]]:
@@ -370,44 +196,50 @@ def _batches_by_canvas(
     yield from pending.items()
 
 
+@dataclasses.dataclass(frozen=True)
+class PredictInput:
+    """How images enter the model (the eval data settings): resize sides (0 = off), the canvas
+    every image is padded to, the global batch size."""
+
+    pad_shape: tuple[int, int]
+    batch_size: int
+    resize_short_side: int = 0
+    resize_long_side: int = 0
+
+    @property
+    def resizes(self) -> bool:
+        return bool(self.resize_short_side or self.resize_long_side)
+
+
 def predict_folder(
-    config: ml_collections.ConfigDict,
+    predict_fn: Callable,
+    state,
+    mesh,
     *,
     images: str | pathlib.Path,
     output: str | pathlib.Path,
-    workdir: str | None = None,
-    checkpoint: str = "latest",
+    settings: PredictInput,
+    palette: np.ndarray,
     recursive: bool = False,
     stream=None,
 ) -> dict:
     """Segments every image of `images` into `output` (see the module docstring).
 
-    Returns {'written': [stems], 'skipped': [(file, reason)], 'checkpoint': item folder}.
-    Raises PredictError for an empty or missing images folder, a missing checkpoint, a config
-    that does not match the checkpoint, or a folder where no file could be read.
+    predict_fn: `make_predict_fn(...)` (resize_output = settings.resizes); state: the restored
+    TrainState, replicated over `mesh`. Returns {'written': [stems], 'skipped': [(file, reason)]}.
+    Raises PredictError for an empty or missing images folder, or a folder where no file could
+    be read.
     """
     stream = stream if stream is not None else sys.stderr
     if jax.process_count() > 1:
         raise PredictError("predict mode runs on one process; start it without --distributed")
-    config_lib.validate(config, config_lib.RuntimeFacts(jax.device_count(), jax.process_count()))
     files = list_images(images, recursive=recursive)
-    item_dir = resolve_checkpoint(workdir, checkpoint)
-    check_run_config(item_dir, config)
-    spec = registry.get_dataset_spec(config.dataset.name)
-    mesh = mesh_lib.make_mesh(config.mesh.data)
-    model_def, state = restore_for_inference(config, item_dir, mesh, spec.num_classes)
-
-    e = config.eval
-    resize_output = evaluate.resizes_images(e)
-    predict = make_predict_fn(
-        model_def, evaluate.inference_protocol(e), resize_output=resize_output
-    )
-    pad_shape = (int(e.pad_shape[0]), int(e.pad_shape[1]))
-    batch_size = int(e.batch_size)
+    pad_shape = (int(settings.pad_shape[0]), int(settings.pad_shape[1]))
+    batch_size = int(settings.batch_size)
     output_dir = pathlib.Path(output)
     output_dir.mkdir(parents=True, exist_ok=True)
     stems = output_stems(files, images)
-    bar = ProgressBar(len(files), stream)
+    bar = reporting.ProgressBar(len(files), stream)
     skipped: list[tuple[str, str]] = []
     written: list[str] = []
     announced: set[tuple] = set()
@@ -421,19 +253,19 @@ def predict_folder(
                 bar.message(f"warning: skipping {path}: {err}")
                 bar.update()
                 continue
-            yield prepare_example(i, rgb, e)
+            yield prepare_example(i, rgb, settings.resize_short_side, settings.resize_long_side)
 
     def canvases(ex: Example) -> tuple:
         in_canvas = canvas_shape(ex.image_hw, pad_shape)
-        out_canvas = canvas_shape(ex.original_hw, pad_shape) if resize_output else in_canvas
+        out_canvas = canvas_shape(ex.original_hw, pad_shape) if settings.resizes else in_canvas
         key = (in_canvas, out_canvas)
         if key != (pad_shape, pad_shape) and key not in announced:
             announced.add(key)
             bar.message(
                 f"note: {files[ex.index]} ({ex.original_hw[0]}x{ex.original_hw[1]}) does not "
-                f"fit eval.pad_shape={list(pad_shape)}; predicting on a {in_canvas[0]}x"
+                f"fit eval.data.pad_shape={list(pad_shape)}; predicting on a {in_canvas[0]}x"
                 f"{in_canvas[1]} canvas, output on {out_canvas[0]}x{out_canvas[1]} (one more "
-                "compile; raise the config field eval.pad_shape to avoid it)"
+                "compile; raise the config field eval.data.pad_shape to avoid it)"
             )
         return key
 
@@ -443,11 +275,13 @@ def predict_folder(
         ):
             host = stack_batch(batch_examples, batch_size, in_canvas)
             device = mesh_lib.host_batch_to_global(host, mesh)
-            ids = predict(state, device["image"], device["image_hw"], device["out_hw"], out_canvas)
+            ids = predict_fn(
+                state, device["image"], device["image_hw"], device["out_hw"], out_canvas
+            )
             ids = np.asarray(jax.device_get(ids))
             for ex, row in zip(batch_examples, ids, strict=False):
                 h, w = ex.original_hw
-                write_prediction(output_dir, stems[ex.index], ex.rgb, row[:h, :w], spec.palette)
+                write_prediction(output_dir, stems[ex.index], ex.rgb, row[:h, :w], palette)
                 written.append(stems[ex.index])
                 bar.update()
     finally:
@@ -457,4 +291,4 @@ def predict_folder(
             f"none of the {len(files)} files in --images={images} could be read as an image: "
             + "; ".join(reason for _, reason in skipped)
         )
-    return {"written": written, "skipped": skipped, "checkpoint": item_dir}
+    return {"written": written, "skipped": skipped}

@@ -1,12 +1,12 @@
-"""The paper's training recipes (spec/method.md section 12) as reusable config blocks.
+"""The paper's training recipes as reusable config blocks (docs/METHOD.md lists them).
 
 Every file in `configs/` is `paper_config(model, dataset, arg)` plus its own docstring: one model
 block (`MODELS`), one dataset block (`DATASETS`) and the contrastive block, so that a recipe is
 written once and reads the same in every config that uses it.
 
 Released by the authors (exact): HRNet-W48 / Cityscapes, OCRNet-HRNet-W48 / ADE20K,
-UPerNet-Swin-T / ADE20K. Not released (spec section 12, "TO FILL FROM PDF"): DeepLabV3 anywhere,
-OCRNet / Cityscapes (the author: "the same training schedule from the OCRNet paper"), every Pascal
+UPerNet-Swin-T / ADE20K. Not released (the paper's Table 9 has their numbers only): DeepLabV3
+anywhere, OCRNet / Cityscapes (the author: "the same training schedule from the OCRNet paper"), every Pascal
 Context and CaDIS recipe. For those the blocks below follow the closest official recipe (HRNet /
 HRNet-OCR official configs, which the released ones reproduce) and say so in `NOTES`.
 """
@@ -20,13 +20,13 @@ import ml_collections
 from msc_seg import config_lib
 
 # HRNet's official Cityscapes CE class weights; the reference applies them to every CE term
-# whenever the dataset is Cityscapes (spec section 9).
+# whenever the dataset is Cityscapes.
 CITYSCAPES_CLASS_WEIGHTS = (
     0.8373, 0.918, 0.866, 1.0345, 1.0166, 0.9969, 0.9754, 1.0489, 0.8786, 1.0023,
     0.9539, 0.9843, 1.1116, 0.9037, 1.0865, 1.0955, 1.0865, 1.1529, 1.0507,
 )  # fmt: skip
 
-PAPER_SCALE_WEIGHTS = (1.0, 0.7, 0.4, 0.1)  # s4, s8, s16, s32 (spec section 7)
+PAPER_SCALE_WEIGHTS = (1.0, 0.7, 0.4, 0.1)  # s4, s8, s16, s32 (the paper's scale weights)
 
 
 def _sgd_poly(
@@ -45,7 +45,7 @@ def _sgd_poly(
     c.batch_size = batch_size
     c.total_steps = total_steps
     c.optimizer.name = "sgd"
-    c.optimizer.learning_rate = learning_rate
+    c.schedule.learning_rate = learning_rate
     c.optimizer.weight_decay = weight_decay
     c.optimizer.momentum = 0.9
     c.optimizer.no_decay_patterns = ()
@@ -63,33 +63,41 @@ def _contrastive(c: ml_collections.ConfigDict, scale_weights, images_per_group: 
     cc.cross_scale = True
     cc.w_high_low = 1.0
     cc.w_high_mid = 1.0
-    cc.min_views_per_class = 5
-    cc.max_views_per_class = 2500
-    cc.max_features_total = 10_000
+    cc.min_views = 5
+    cc.max_views = 2500
+    cc.max_total = 10_000
     cc.images_per_group = images_per_group
 
 
 # ------------------------------------------------------------------------------------------------
-# Models. Each sets model.*, loss.aux_weight and the contrastive scale weights.
+# Models. Each sets the `model` section (the segmentor's arguments), loss.aux_weight and the
+# contrastive scale weights.
+
+_COMMON_MODEL_ARGS = dict(embedding_dim=256, dtype="float32")
 
 
 def hrnet_w48(c: ml_collections.ConfigDict, args) -> None:
     """HRNet-W48 + concat head; projectors on the 4 stage-4 branches; CE only (no aux head)."""
-    c.model.name = "hrnet"
-    c.model.backbone = "hrnet_w48"
-    c.model.align_corners = True
+    c.model = ml_collections.ConfigDict(
+        dict(name="hrnet", backbone="hrnet_w48", align_corners=True, **_COMMON_MODEL_ARGS)
+    )
     c.loss.aux_weight = 0.0
     c.loss.contrastive.scale_weights = PAPER_SCALE_WEIGHTS
 
 
 def ocrnet_hrnet_w48(c: ml_collections.ConfigDict, args) -> None:
     """OCRNet on HRNet-W48; CE + 0.4 CE on the soft object regions; OCR dropout 0."""
-    c.model.name = "ocrnet"
-    c.model.backbone = "hrnet_w48"
-    c.model.align_corners = True
-    c.model.dropout = 0.0
-    c.model.ocr_channels = 512
-    c.model.ocr_key_channels = 256
+    c.model = ml_collections.ConfigDict(
+        dict(
+            name="ocrnet",
+            backbone="hrnet_w48",
+            align_corners=True,
+            dropout=0.0,
+            ocr_channels=512,
+            key_channels=256,
+            **_COMMON_MODEL_ARGS,
+        )
+    )
     c.loss.aux_weight = 0.4
     c.loss.contrastive.scale_weights = PAPER_SCALE_WEIGHTS
 
@@ -100,27 +108,35 @@ def deeplabv3_resnet101(c: ml_collections.ConfigDict, args) -> None:
     `:taps=3` uses the reference's 3-scale option layer1 + layer3 + layer4. Scale weights are the
     reference code's default for an unconfigured DeepLabV3 (1.0 per scale).
     """
-    c.model.name = "deeplabv3"
-    c.model.backbone = "resnet101"
-    c.model.output_stride = 8
-    c.model.aspp_channels = 256
-    c.model.align_corners = True
-    c.model.taps = ("layer1", "layer3", "layer4") if args.taps == 3 else ("layer1", "layer4")
+    c.model = ml_collections.ConfigDict(
+        dict(
+            name="deeplabv3",
+            backbone="resnet101",
+            output_stride=8,
+            aspp_channels=256,
+            aspp_dilations=(),  # () = by output stride: 12/24/36 at OS8
+            align_corners=True,
+            taps=("layer1", "layer3", "layer4") if args.taps == 3 else ("layer1", "layer4"),
+            **_COMMON_MODEL_ARGS,
+        )
+    )
     c.loss.aux_weight = 0.0
     c.loss.contrastive.scale_weights = (1.0,) * len(c.model.taps)
 
 
 def upernet_swin(c: ml_collections.ConfigDict, args) -> None:
     """UPerNet + Swin (args.backbone): decoder 512, aux FCN 256 (x0.4), drop path 0.3, FPN taps."""
-    c.model.name = "upernet"
-    c.model.backbone = args.backbone
-    c.model.window_size = 7
-    c.model.decoder_channels = 512
-    c.model.aux_channels = 256
-    c.model.dropout = 0.1
-    c.model.drop_path_rate = 0.3
-    c.model.align_corners = False
-    c.model.projector_position = "fpn"
+    c.model = config_lib.upernet_model(
+        backbone=args.backbone,
+        window_size=7,
+        decoder_channels=512,
+        aux_channels=256,
+        dropout=0.1,
+        drop_path_rate=0.3,
+        align_corners=False,
+        projector_position="fpn",
+        **_COMMON_MODEL_ARGS,
+    )
     c.loss.aux_weight = 0.4
     c.loss.contrastive.scale_weights = PAPER_SCALE_WEIGHTS
 
@@ -142,13 +158,13 @@ def cityscapes(c: ml_collections.ConfigDict, args) -> None:
     at full 1024x2048 resolution."""
     c.seed = 0
     c.dataset.name = "cityscapes"
-    c.dataset.crop_size = (512, 1024)
+    c.dataset.train.crop_size = (512, 1024)
     _sgd_poly(c, learning_rate=0.01, weight_decay=5e-4, total_steps=484 * 248, batch_size=12)
     c.loss.class_weights = CITYSCAPES_CLASS_WEIGHTS
     c.loss.contrastive.images_per_group = 3
     c.eval.batch_size = 4
-    c.eval.pad_shape = (1024, 2048)
-    c.eval.resize_short_side = 0
+    c.eval.data.pad_shape = (1024, 2048)
+    c.eval.data.resize_short_side = 0
 
 
 def ade20k(c: ml_collections.ConfigDict, args) -> None:
@@ -157,12 +173,12 @@ def ade20k(c: ml_collections.ConfigDict, args) -> None:
     at native size, which needs a 2048x2048 canvas per image at HRNet-W48 memory cost)."""
     c.seed = 100
     c.dataset.name = "ade20k"
-    c.dataset.crop_size = (512, 512)
+    c.dataset.train.crop_size = (512, 512)
     _sgd_poly(c, learning_rate=0.02, weight_decay=1e-4, total_steps=151_560, batch_size=16)
     c.loss.contrastive.images_per_group = 4
     c.eval.batch_size = 8
-    c.eval.resize_short_side = 512
-    c.eval.pad_shape = (2048, 2048)
+    c.eval.data.resize_short_side = 512
+    c.eval.data.pad_shape = (2048, 2048)
 
 
 def ade20k_swin(c: ml_collections.ConfigDict, args) -> None:
@@ -171,11 +187,11 @@ def ade20k_swin(c: ml_collections.ConfigDict, args) -> None:
     poly 1.0, 160,401 iterations (127 epochs); validation short side 512, padded to 32."""
     c.seed = 100
     c.dataset.name = "ade20k"
-    c.dataset.crop_size = (512, 512)
+    c.dataset.train.crop_size = (512, 512)
     c.batch_size = 16
     c.total_steps = 160_401
     c.optimizer.name = "adamw"
-    c.optimizer.learning_rate = 6e-5
+    c.schedule.learning_rate = 6e-5
     c.optimizer.weight_decay = 0.01
     c.optimizer.b1, c.optimizer.b2 = 0.9, 0.999
     c.optimizer.no_decay_patterns = (
@@ -188,8 +204,8 @@ def ade20k_swin(c: ml_collections.ConfigDict, args) -> None:
     c.schedule.poly_power = 1.0
     c.loss.contrastive.images_per_group = 4
     c.eval.batch_size = 8
-    c.eval.resize_short_side = 512
-    c.eval.pad_shape = (2048, 2048)
+    c.eval.data.resize_short_side = 512
+    c.eval.data.pad_shape = (2048, 2048)
 
 
 def pascal_context(c: ml_collections.ConfigDict, args) -> None:
@@ -199,13 +215,13 @@ def pascal_context(c: ml_collections.ConfigDict, args) -> None:
     Validation at native size (PC images are at most 500x500)."""
     c.seed = 0
     c.dataset.name = "pascal_context"
-    c.dataset.crop_size = (512, 512)
+    c.dataset.train.crop_size = (512, 512)
     lr = 1e-3 if c.model.name == "ocrnet" else 4e-3
     _sgd_poly(c, learning_rate=lr, weight_decay=1e-4, total_steps=200 * 312, batch_size=16)
     c.loss.contrastive.images_per_group = 4
     c.eval.batch_size = 8
-    c.eval.pad_shape = (512, 512)
-    c.eval.resize_short_side = 0
+    c.eval.data.pad_shape = (512, 512)
+    c.eval.data.resize_short_side = 0
 
 
 def cadis(c: ml_collections.ConfigDict, args) -> None:
@@ -220,12 +236,12 @@ def cadis(c: ml_collections.ConfigDict, args) -> None:
         )
     c.seed = 0
     c.dataset.name = f"cadis_exp{args.exp}"
-    c.dataset.crop_size = (512, 512)
+    c.dataset.train.crop_size = (512, 512)
     _sgd_poly(c, learning_rate=0.01, weight_decay=5e-4, total_steps=40_000, batch_size=8)
     c.loss.contrastive.images_per_group = 4
     c.eval.batch_size = 8
-    c.eval.pad_shape = (544, 960)
-    c.eval.resize_short_side = 0
+    c.eval.data.pad_shape = (544, 960)
+    c.eval.data.resize_short_side = 0
 
 
 DATASETS: dict[str, Callable] = {
@@ -279,5 +295,5 @@ def paper_config(model: str, dataset: str, arg: str | None) -> ml_collections.Co
     DATASETS[dataset](c, args)
     c.eval_every_steps = max(c.total_steps // 10, 1)
     c.loss.contrastive.weight = float(args.contrastive)
-    c.model.pretrained = args.pretrained
+    c.model_init = args.pretrained
     return c

@@ -1,4 +1,5 @@
-"""Where results go: clu writers (TensorBoard event files + log), metrics.jsonl, progress lines.
+"""Where results go: clu writers (TensorBoard event files + log), metrics.jsonl, progress lines
+(training's step lines, `ProgressBar` for evaluation-like loops), durations.
 
 Only process 0 writes files; other processes log to stdout only.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import sys
 import time
 
 import jax
@@ -16,7 +18,8 @@ from absl import logging
 from clu import metric_writers
 
 
-def _fmt_duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """'1h02m' or '3m07s'; '?' for an unknown (non-finite) duration."""
     if not math.isfinite(seconds):
         return "?"
     seconds = int(seconds)
@@ -54,7 +57,7 @@ class Reporter:
                 loss = scalars.get("loss", float("nan"))
                 print(
                     f"step {step}/{self.total_steps} | loss {loss:.4f} | {rate:.2f} steps/s | "
-                    f"ETA {_fmt_duration(eta)}",
+                    f"ETA {format_duration(eta)}",
                     flush=True,
                 )
             self._last_time, self._last_step = now, step
@@ -62,6 +65,11 @@ class Reporter:
         if self._jsonl is not None:
             self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
             self._jsonl.flush()
+
+    def write_mean_scalars(self, step: int, sums: dict, count: int) -> None:
+        """Writes (and prints the progress line of) the means of `count` steps' summed metrics
+        (device arrays, fetched here)."""
+        self.write_scalars(step, {k: float(v) / count for k, v in jax.device_get(sums).items()})
 
     def write_images(self, step: int, images: dict[str, np.ndarray]) -> None:
         """images: name -> uint8 [N,H,W,3]."""
@@ -79,6 +87,42 @@ class Reporter:
         if self._jsonl is not None:
             self._jsonl.close()
             self._jsonl = None
+
+
+class ProgressBar:
+    """One updating line on `stream`: 'predict [#####.....] 12/40 | 3.1 img/s | ETA 0m09s'."""
+
+    def __init__(self, total: int, stream=None, label: str = "predict", width: int = 24):
+        self.total, self.done, self.label, self.width = total, 0, label, width
+        self.stream = stream if stream is not None else sys.stderr
+        self.start = time.perf_counter()
+        self._draw()
+
+    def _draw(self) -> None:
+        elapsed = time.perf_counter() - self.start
+        rate = self.done / elapsed if elapsed > 0 and self.done else 0.0
+        eta = (self.total - self.done) / rate if rate > 0 else float("nan")
+        filled = int(self.width * self.done / max(self.total, 1))
+        bar = "#" * filled + "." * (self.width - filled)
+        self.stream.write(
+            f"\r{self.label} [{bar}] {self.done}/{self.total} | {rate:.2f} img/s | "
+            f"ETA {format_duration(eta)} "
+        )
+        self.stream.flush()
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        self._draw()
+
+    def message(self, text: str) -> None:
+        """Prints a line above the bar (warnings) and redraws the bar."""
+        is_tty = getattr(self.stream, "isatty", lambda: False)()
+        self.stream.write(("\r\033[K" if is_tty else "\n") + text + "\n")
+        self._draw()
+
+    def close(self) -> None:
+        self.stream.write("\n")
+        self.stream.flush()
 
 
 def colorize(label: np.ndarray, palette: np.ndarray) -> np.ndarray:

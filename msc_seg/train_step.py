@@ -1,70 +1,66 @@
-"""The pure train step: (state, batch, key) -> (state, metrics); train.py jits it on the mesh."""
+"""The pure train step: (state, batch, key) -> (state, metrics); experiment.py jits it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from msc_seg.losses.total import total_loss
-from msc_seg.train_state import ModelDef, TrainState, is_finite_tree
+from msc_seg.losses.total import Objective
+from msc_seg.train_state import ModelDef, TrainState, is_finite_tree, split_model
 
 
 def make_train_step(
     model_def: ModelDef,
     tx: optax.GradientTransformation,
-    schedule: optax.Schedule,
+    objective: Objective,
     *,
-    aux_weight: float,
-    class_weights: Sequence[float] = (),
-    contrastive_weight: float = 0.0,
-    contrastive_kwargs: Mapping[str, Any] | None = None,
+    schedule: optax.Schedule | None = None,
 ) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
     """Builds the train step.
 
     batch: {'image': float32 [B,H,W,3], 'label': int32 [B,H,W]} (global arrays sharded on `data`);
     key: the run's base key; per-step randomness is fold_in(key, step), so it does not depend on
-    how the run was interrupted and resumed.
+    how the run was interrupted and resumed. objective(outputs, labels, key) -> (loss, metrics);
+    the model returns embeddings when `objective.needs_embeddings`. schedule: logged as
+    metrics['learning_rate'] when given.
     Non-finite guard: when the loss or any gradient is NaN/inf the step returns the incoming state
     unchanged (step not advanced) with metrics['nonfinite'] = 1; the host stops the run.
     """
-    want_embeddings = contrastive_weight > 0
+    want_embeddings = objective.needs_embeddings
 
     def step_fn(state: TrainState, batch: dict, key: jax.Array):
         step_key = jax.random.fold_in(key, state.step)
         dropout_key, sample_key = jax.random.split(step_key)
 
         def loss_fn(params):
-            model = model_def.merge(params, state.rest)
+            model = model_def.merge(params, state.batch_stats)
             nnx.reseed(model, dropout=dropout_key)
             outputs = model(batch["image"], train=True, return_embeddings=want_embeddings)
-            loss, metrics = total_loss(
-                outputs,
-                batch["label"],
-                sample_key,
-                aux_weight=aux_weight,
-                class_weights=class_weights,
-                contrastive_weight=contrastive_weight,
-                contrastive_kwargs=contrastive_kwargs,
-            )
-            _, _, _, new_rest = nnx.split(model, nnx.Param, nnx.RngState, ...)
-            return loss, (metrics, new_rest)
+            loss, metrics = objective(outputs, batch["label"], sample_key)
+            _, _, new_batch_stats, _ = split_model(model)
+            return loss, (metrics, new_batch_stats)
 
-        (loss, (metrics, new_rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, (metrics, new_batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params
+        )
         updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(loss) & is_finite_tree(grads)
         new_state = TrainState(
-            step=state.step + 1, params=new_params, rest=new_rest, opt_state=new_opt_state
+            step=state.step + 1,
+            params=new_params,
+            batch_stats=new_batch_stats,
+            opt_state=new_opt_state,
         )
         # Keep the last good state when anything is non-finite: nothing corrupt can be saved.
         new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
         metrics = dict(metrics)
-        metrics["learning_rate"] = jnp.asarray(schedule(state.step), jnp.float32)
+        if schedule is not None:
+            metrics["learning_rate"] = jnp.asarray(schedule(state.step), jnp.float32)
         metrics["grad_norm"] = optax.tree.norm(grads)
         metrics["nonfinite"] = (~finite).astype(jnp.float32)
         return new_state, metrics

@@ -11,6 +11,7 @@ from jax.sharding import PartitionSpec as P
 
 from msc_seg.losses import (
     IGNORE_LABEL,
+    ContrastiveOptions,
     contrastive_loss_for_batch,
     contrastive_loss_for_group,
     info_nce_loss,
@@ -122,8 +123,7 @@ def test_degenerate_sets_give_zero_loss_and_zero_gradients():
 
 
 # One shared configuration (2 scales, strides 2 and 4) so that the tests below compile once.
-KW = dict(
-    num_classes=5,
+OPTS = dict(
     temperature=0.1,
     scale_weights=(1.0, 0.7),
     cross_scale=True,
@@ -134,6 +134,16 @@ KW = dict(
     max_views=2500,
     max_total=128,
 )
+KW = dict(num_classes=5, options=ContrastiveOptions(**OPTS))
+
+
+def batch_kw(images_per_group, **overrides):
+    """contrastive_loss_for_batch's keyword arguments: KW with these options changed."""
+    return dict(
+        KW, options=ContrastiveOptions(**dict(OPTS, images_per_group=images_per_group, **overrides))
+    )
+
+
 STRIDES = (2, 4)
 
 
@@ -149,8 +159,7 @@ def make_batch(rng, batch, size=16, dim=8, num_classes=5, dtype=jnp.float32):
 
 @functools.cache
 def batch_grad_fn(images_per_group, gather_all_groups=False, **overrides):
-    kw = dict(KW, images_per_group=images_per_group, gather_all_groups=gather_all_groups)
-    kw.update(overrides)
+    kw = batch_kw(images_per_group, gather_all_groups=gather_all_groups, **overrides)
     return jax.jit(
         jax.value_and_grad(
             lambda e, lab, k: contrastive_loss_for_batch(e, lab, k, **kw), has_aux=True
@@ -240,9 +249,7 @@ def test_bfloat16_embeddings_are_contrasted_in_float32():
     rng = np.random.default_rng(4)
     embeddings, labels = make_batch(rng, 2, dtype=jnp.bfloat16)
     upcast = tuple(e.astype(jnp.float32) for e in embeddings)
-    fwd = lambda e: contrastive_loss_for_batch(
-        e, labels, jax.random.key(0), images_per_group=2, **KW
-    )[0]
+    fwd = lambda e: contrastive_loss_for_batch(e, labels, jax.random.key(0), **batch_kw(2))[0]
     low = jax.jit(fwd)(embeddings)
     assert low.dtype == jnp.float32
     assert rel_err(low, batch_grad_fn(2)(upcast, labels, jax.random.key(0))[0][0]) < 1e-6
@@ -270,7 +277,7 @@ def test_gather_all_groups_contrasts_every_groups_anchors_together():
         image = np.asarray(a.image) + 2 * np.arange(2)[:, None]
         pixels, images, classes = (np.asarray(x)[keep] for x in (a.pixel, image, a.label))
         merged.append(pack_anchors(pixels[:, None], images, classes, 256))
-    kw = {k: KW[k] for k in ("temperature", "scale_weights", "cross_scale", "w_high_low")}
+    kw = {k: OPTS[k] for k in ("temperature", "scale_weights", "cross_scale", "w_high_low")}
     ref, ref_metrics = jax.jit(lambda e, a: multiscale_contrastive_loss(e, a, **kw))(
         embeddings, merged
     )
@@ -313,17 +320,15 @@ def test_errors_name_the_field_at_fault():
     rng = np.random.default_rng(0)
     embeddings, labels = make_batch(rng, 4)
     with pytest.raises(ValueError, match="images_per_group=3"):
-        contrastive_loss_for_batch(embeddings, labels, jax.random.key(0), images_per_group=3, **KW)
-    with pytest.raises(ValueError, match="scale_weights has 1 entries"):
+        contrastive_loss_for_batch(embeddings, labels, jax.random.key(0), **batch_kw(3))
+    with pytest.raises(ValueError, match=r"scale_weights=\(1.0,\): has 1 entries"):
         contrastive_loss_for_batch(
-            embeddings, labels, jax.random.key(0), images_per_group=2,
-            **dict(KW, scale_weights=(1.0,)),
-        )  # fmt: skip
+            embeddings, labels, jax.random.key(0), **batch_kw(2, scale_weights=(1.0,))
+        )
     with pytest.raises(ValueError, match="not an integer multiple"):
         contrastive_loss_for_batch(
-            (embeddings[0][:, :7],) + embeddings[1:], labels, jax.random.key(0),
-            images_per_group=2, **KW,
-        )  # fmt: skip
+            (embeddings[0][:, :7],) + embeddings[1:], labels, jax.random.key(0), **batch_kw(2)
+        )
 
 
 def test_pmap_shard_map_and_jit_vmap_give_the_same_loss_on_8_devices():

@@ -49,9 +49,7 @@ def test_decay_mask_exempts_norms_and_position_tables():
 
 def test_adamw_decays_only_masked_parameters_like_pytorch():
     params = {"w": jnp.ones(3), "norm": jnp.ones(3)}
-    tx = optim.make_optimizer(
-        "adamw", lambda _: 0.1, params, weight_decay=0.5, no_decay_patterns=("norm",)
-    )
+    tx = optim.make_optimizer("adamw", lambda _: 0.1, weight_decay=0.5, no_decay_patterns=("norm",))
     zero = {"w": jnp.zeros(3), "norm": jnp.zeros(3)}
     updates, _ = tx.update(zero, tx.init(params), params)
     new = optax.apply_updates(params, updates)
@@ -61,7 +59,7 @@ def test_adamw_decays_only_masked_parameters_like_pytorch():
 
 def test_sgd_adds_decay_to_the_gradient_before_momentum():
     params = {"w": jnp.ones(2)}
-    tx = optim.make_optimizer("sgd", lambda _: 0.1, params, weight_decay=0.01, momentum=0.9)
+    tx = optim.make_optimizer("sgd", lambda _: 0.1, weight_decay=0.01, momentum=0.9)
     state = tx.init(params)
     g = {"w": jnp.full(2, 0.5)}
     upd, state = tx.update(g, state, params)

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from msc_seg import config_lib, evaluate, train
+from msc_seg import checkpointing, config_lib, experiment, modes, train
 from msc_seg.data import pipeline, registry
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -35,8 +35,8 @@ def micro_config(data_dir, **overrides):
     spec.loader.exec_module(mod)
     c = mod.get_config("steps=4")
     c.dataset.data_dir = data_dir
-    c.dataset.crop_size = (64, 64)
-    c.dataset.shuffle_buffer = 16
+    c.dataset.train.crop_size = (64, 64)
+    c.dataset.train.shuffle_buffer = 16
     c.model.backbone = "swin_micro_test"
     c.model.decoder_channels = 16
     c.model.aux_channels = 8
@@ -59,12 +59,12 @@ def micro_config(data_dir, **overrides):
 
 
 def params_of(workdir, config):
-    run = train.setup_run(config, workdir, for_training=False)
+    exp = experiment.build(config, workdir, mode="eval")
     try:
-        state, step = run.checkpointer.restore(run.abstract_state)
+        state, step = exp.checkpointer.restore(exp.parts.abstract_state)
         return jax.device_get(state), step
     finally:
-        run.close()
+        exp.close()
 
 
 def _wrap_train_iterator(monkeypatch, hook):
@@ -139,15 +139,13 @@ def test_train_steps_on_eight_devices_write_logs_checkpoint_and_eval(unbroken):
 def test_predict_reads_the_checkpoints_that_training_wrote(unbroken, tmp_path):
     from PIL import Image
 
-    from msc_seg import predict
-
     workdir, config, _ = unbroken
     (tmp_path / "in").mkdir()
     rgb = np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
     Image.fromarray(rgb).save(tmp_path / "in" / "scene.png")
     for checkpoint in ("latest", "best", "4", str(workdir / "checkpoints" / "4")):
         out = tmp_path / f"out_{checkpoint.replace('/', '_')}"
-        result = predict.predict_folder(
+        result = modes.predict_images(
             config,
             images=tmp_path / "in",
             output=out,
@@ -162,7 +160,7 @@ def test_predict_reads_the_checkpoints_that_training_wrote(unbroken, tmp_path):
 
 def test_eval_only_on_the_final_checkpoint_reproduces_the_training_miou(unbroken):
     workdir, config, trained = unbroken
-    again = evaluate.evaluate_checkpoint(config, workdir, "latest")
+    again = modes.evaluate_checkpoint(config, workdir, "latest")
     assert again["mIoU"] == trained["mIoU"]
     np.testing.assert_array_equal(again["confusion_matrix"], trained["confusion_matrix"])
 
@@ -203,7 +201,7 @@ def test_workdir_holding_another_configs_checkpoints_is_refused(unbroken, data_d
     workdir, _, _ = unbroken
     before = sorted(p.name for p in (workdir / "checkpoints").iterdir())
     other = micro_config(data_dir, **{"model.decoder_channels": 32})
-    with pytest.raises(train.WorkdirMismatchError, match="model.decoder_channels"):
+    with pytest.raises(checkpointing.WorkdirMismatchError, match="model.decoder_channels"):
         train.train_and_evaluate(other, workdir)
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == before  # nothing lost
 

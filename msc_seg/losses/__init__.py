@@ -1,6 +1,7 @@
 """Losses: segmentation cross-entropy, fixed-shape anchor sampling, MS + CS contrastive."""
 
 from msc_seg.losses.contrastive import (
+    ContrastiveOptions,
     contrastive_loss_for_batch,
     contrastive_loss_for_group,
     info_nce_loss,
@@ -19,6 +20,7 @@ from msc_seg.losses.sampling import (
 )
 
 __all__ = [
+    "ContrastiveOptions",
     "IGNORE_LABEL",
     "AnchorSet",
     "anchor_key",

@@ -28,12 +28,14 @@ only O(N*D) residuals: no float matrix larger than [block, N] per group is alive
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 
+from msc_seg.errors import ArgumentError
 from msc_seg.losses.sampling import (
     AnchorSet,
     sample_batch_anchors,
@@ -43,6 +45,69 @@ from msc_seg.losses.sampling import (
 
 _NORM_EPS = 1e-12  # torch.nn.functional.normalize default
 _TINY = 1e-30  # keeps log() finite for pathological tiny temperatures
+
+
+@dataclasses.dataclass(frozen=True)
+class ContrastiveOptions:
+    """Every setting of the MS + CS loss but the class count, checked once on construction.
+
+    Grouping: the batch is split into groups of `images_per_group` images (the reference's
+    per-GPU batches); gather_all_groups contrasts all groups' anchors together.
+    Loss: InfoNCE `temperature`; `scale_weights` (one per embedding scale, finest first) weigh the
+    within-scale terms; with `cross_scale` the finest anchors are also contrasted against the
+    coarsest scale (`w_high_low`) and the second coarsest (`w_high_mid`); `detach_coarse` stops the
+    gradient into the coarse side of those terms.
+    Sampling (per group and scale): classes with fewer than `min_views` pixels are skipped, at most
+    `max_views` pixels per class and image, at most `max_total` anchors in all.
+    Cost: `block_size` anchors x `column_block_size` samples per tile of the blocked kernel.
+    `msc_seg.errors.ArgumentError` names the field that cannot work.
+    """
+
+    images_per_group: int = 4
+    gather_all_groups: bool = False
+    temperature: float = 0.1
+    scale_weights: tuple[float, ...] = (1.0, 0.7, 0.4, 0.1)
+    cross_scale: bool = True
+    w_high_low: float = 1.0
+    w_high_mid: float = 1.0
+    detach_coarse: bool = False
+    min_views: int = 5
+    max_views: int = 2500
+    max_total: int = 10000
+    block_size: int = 256
+    column_block_size: int = 512
+
+    def __post_init__(self):
+        object.__setattr__(self, "scale_weights", tuple(float(w) for w in self.scale_weights))
+        if not self.temperature > 0:
+            raise ArgumentError("temperature", self.temperature, "must be > 0")
+        if not self.scale_weights:
+            raise ArgumentError(
+                "scale_weights", self.scale_weights, "needs one weight per scale, finest first"
+            )
+        for name in ("images_per_group", "min_views", "max_views", "max_total"):
+            if int(getattr(self, name)) < 1:
+                raise ArgumentError(name, getattr(self, name), "must be >= 1")
+        for name in ("block_size", "column_block_size"):
+            if int(getattr(self, name)) < 1:
+                raise ArgumentError(name, getattr(self, name), "must be a positive tile size")
+
+    def loss_settings(self) -> dict:
+        """The keyword arguments of `multiscale_contrastive_loss` (the loss without sampling)."""
+        return dict(
+            temperature=self.temperature,
+            scale_weights=self.scale_weights,
+            cross_scale=self.cross_scale,
+            w_high_low=self.w_high_low,
+            w_high_mid=self.w_high_mid,
+            detach_coarse=self.detach_coarse,
+            block_size=self.block_size,
+            column_block_size=self.column_block_size,
+        )
+
+    def sampling_settings(self) -> dict:
+        """The keyword arguments of the anchor samplers."""
+        return dict(min_views=self.min_views, max_views=self.max_views, max_total=self.max_total)
 
 
 def _round_up(x: int, m: int) -> int:
@@ -279,33 +344,29 @@ def _check_loss_args(num_scales: int, scale_weights: Sequence[float], temperatur
     if num_scales < 1:
         raise ValueError("contrastive loss: no embeddings given (the model returned none).")
     if len(scale_weights) != num_scales:
-        raise ValueError(
-            f"loss.contrastive.scale_weights has {len(scale_weights)} entries but the model gives "
-            f"{num_scales} embedding scales; give one weight per scale, finest first."
+        raise ArgumentError(
+            "scale_weights",
+            tuple(scale_weights),
+            f"has {len(scale_weights)} entries but the model gives {num_scales} embedding scales; "
+            "give one weight per scale, finest first",
         )
     if not temperature > 0:
-        raise ValueError(f"loss.contrastive.temperature must be > 0, got {temperature}.")
+        raise ArgumentError("temperature", temperature, "must be > 0")
 
 
-def _grouped_multiscale_loss(
-    features,
-    anchors,
-    *,
-    temperature,
-    scale_weights,
-    cross_scale,
-    w_high_low,
-    w_high_mid,
-    detach_coarse,
-    block_size,
-    column_block_size,
-):
+def _grouped_multiscale_loss(features, anchors, options: ContrastiveOptions):
     """features: tuple of [G,b,h_s,w_s,D]; anchors: tuple of AnchorSet with fields [G,N].
 
     Returns (total [G], terms dict of [G] arrays)."""
     num_scales = len(features)
-    _check_loss_args(num_scales, scale_weights, temperature)
-    kw = dict(temperature=temperature, block_size=block_size, column_block_size=column_block_size)
+    scale_weights = options.scale_weights
+    _check_loss_args(num_scales, scale_weights, options.temperature)
+    kw = dict(
+        temperature=options.temperature,
+        block_size=options.block_size,
+        column_block_size=options.column_block_size,
+    )
+    detach_coarse = options.detach_coarse
     vectors = [_gather_normalised(f, a) for f, a in zip(features, anchors, strict=True)]
     terms = {}
     total = 0.0
@@ -315,10 +376,10 @@ def _grouped_multiscale_loss(
         )
         terms[f"loss_ms/s{s}"] = term
         total = total + scale_weights[s] * term
-    if cross_scale and num_scales > 1:
-        pairs = [("high_low", num_scales - 1, w_high_low)]
+    if options.cross_scale and num_scales > 1:
+        pairs = [("high_low", num_scales - 1, options.w_high_low)]
         if num_scales > 2:
-            pairs.append(("high_mid", num_scales - 2, w_high_mid))
+            pairs.append(("high_mid", num_scales - 2, options.w_high_mid))
         fine = anchors[0]
         for name, s, weight in pairs:
             coarse = vectors[s]
@@ -379,9 +440,7 @@ def multiscale_contrastive_loss(
     `loss_contrastive` (the weighted total), `num_anchors/s{i}`, `views_per_class/s{i}`,
     `num_pairs/s{i}`.
     """
-    total, terms = _grouped_multiscale_loss(
-        _add_group_dim(tuple(features)),
-        _add_group_dim(tuple(anchors)),
+    options = ContrastiveOptions(
         temperature=temperature,
         scale_weights=tuple(scale_weights),
         cross_scale=cross_scale,
@@ -390,6 +449,9 @@ def multiscale_contrastive_loss(
         detach_coarse=detach_coarse,
         block_size=block_size,
         column_block_size=column_block_size,
+    )
+    total, terms = _grouped_multiscale_loss(
+        _add_group_dim(tuple(features)), _add_group_dim(tuple(anchors)), options
     )
     metrics = {k: v[0] for k, v in terms.items()}
     metrics["loss_contrastive"] = total[0]
@@ -418,25 +480,16 @@ def contrastive_loss_for_group(
     labels: jax.Array,
     key: jax.Array,
     *,
-    group_index=0,
     num_classes: int,
-    temperature: float = 0.1,
-    scale_weights: Sequence[float] = (1.0, 0.7, 0.4, 0.1),
-    cross_scale: bool = True,
-    w_high_low: float = 1.0,
-    w_high_mid: float = 1.0,
-    detach_coarse: bool = False,
-    min_views: int = 5,
-    max_views: int = 2500,
-    max_total: int = 10000,
-    block_size: int = 256,
-    column_block_size: int = 512,
+    options: ContrastiveOptions = ContrastiveOptions(),
+    group_index=0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Sample + MS/CS loss of one group: what one reference GPU computes.
 
     embeddings: tuple of [b,h_s,w_s,D], finest first; labels int32 [b,H,W] (-1 ignore); key: the
     step's key; group_index: the group's global index (e.g. `lax.axis_index` under pmap or
-    shard_map), so that the samples match `contrastive_loss_for_batch`.
+    shard_map), so that the samples match `contrastive_loss_for_batch`. `options.images_per_group`
+    and `gather_all_groups` are not used (this is one group).
     """
     anchors = sample_group_anchors(
         labels,
@@ -444,22 +497,9 @@ def contrastive_loss_for_group(
         _strides(embeddings, labels),
         group_index=group_index,
         num_classes=num_classes,
-        min_views=min_views,
-        max_views=max_views,
-        max_total=max_total,
+        **options.sampling_settings(),
     )
-    return multiscale_contrastive_loss(
-        embeddings,
-        anchors,
-        temperature=temperature,
-        scale_weights=scale_weights,
-        cross_scale=cross_scale,
-        w_high_low=w_high_low,
-        w_high_mid=w_high_mid,
-        detach_coarse=detach_coarse,
-        block_size=block_size,
-        column_block_size=column_block_size,
-    )
+    return multiscale_contrastive_loss(embeddings, anchors, **options.loss_settings())
 
 
 def _merge_groups(anchors: AnchorSet, images_per_group: int) -> AnchorSet:
@@ -485,22 +525,10 @@ def contrastive_loss_for_batch(
     labels: jax.Array,
     key: jax.Array,
     *,
-    images_per_group: int,
-    gather_all_groups: bool = False,
     num_classes: int,
-    temperature: float = 0.1,
-    scale_weights: Sequence[float] = (1.0, 0.7, 0.4, 0.1),
-    cross_scale: bool = True,
-    w_high_low: float = 1.0,
-    w_high_mid: float = 1.0,
-    detach_coarse: bool = False,
-    min_views: int = 5,
-    max_views: int = 2500,
-    max_total: int = 10000,
-    block_size: int = 256,
-    column_block_size: int = 512,
+    options: ContrastiveOptions = ContrastiveOptions(),
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """MS + CS contrastive loss of a global batch, per group of `images_per_group` images.
+    """MS + CS contrastive loss of a global batch, per group of `options.images_per_group` images.
 
     embeddings: tuple of [B,h_s,w_s,D] (any float dtype; computed in float32), finest first;
     labels: int32 [B,H,W] at input resolution, -1 = ignore; the stride of scale s is H // h_s.
@@ -509,38 +537,26 @@ def contrastive_loss_for_batch(
     and the result is the mean over groups, whatever the device count. gather_all_groups=True
     samples per group the same way, then contrasts all groups' anchors together (negatives from
     every device). Returns (loss, metrics) as `multiscale_contrastive_loss`, metrics averaged over
-    groups (before the config's overall `weight`).
+    groups (before the objective's overall contrastive weight).
     """
     embeddings = tuple(embeddings)
     strides = _strides(embeddings, labels)
+    images_per_group = options.images_per_group
     anchors = sample_batch_anchors(
         labels,
         key,
         strides,
         images_per_group=images_per_group,
         num_classes=num_classes,
-        min_views=min_views,
-        max_views=max_views,
-        max_total=max_total,
+        **options.sampling_settings(),
     )
-    if gather_all_groups:
+    if options.gather_all_groups:
         features = tuple(e[None] for e in embeddings)
         contrast_anchors = tuple(_merge_groups(a, images_per_group) for a in anchors)
     else:
         features = tuple(split_groups(e, images_per_group, "embedding batch") for e in embeddings)
         contrast_anchors = anchors
-    total, terms = _grouped_multiscale_loss(
-        features,
-        contrast_anchors,
-        temperature=temperature,
-        scale_weights=tuple(scale_weights),
-        cross_scale=cross_scale,
-        w_high_low=w_high_low,
-        w_high_mid=w_high_mid,
-        detach_coarse=detach_coarse,
-        block_size=block_size,
-        column_block_size=column_block_size,
-    )
+    total, terms = _grouped_multiscale_loss(features, contrast_anchors, options)
     loss = jnp.mean(total)
     metrics = {k: jnp.mean(v) for k, v in terms.items()}
     metrics["loss_contrastive"] = loss

@@ -1,50 +1,92 @@
-"""The training objective: CE(final) + aux_weight * CE(aux) + weight * (MS + CS contrastive)."""
+"""The training objective: CE(final) + aux_weight * CE(aux) + contrastive_weight * contrastive.
+
+`make_objective` returns one function of (model outputs, labels, key); the train step calls it and
+asks it whether the model must return embeddings (`needs_embeddings`), so "contrastive on" is
+decided in exactly one place.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+import dataclasses
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 
+from msc_seg.errors import ArgumentError
 from msc_seg.losses.segmentation import cross_entropy
 from msc_seg.models.outputs import SegOutputs
 
+# (embeddings finest first, labels int32 [B,H,W], key) -> (scalar loss, metrics), e.g.
+# functools.partial(contrastive_loss_for_batch, num_classes=K, options=ContrastiveOptions(...)).
+ContrastiveFn = Callable[[Sequence[jax.Array], jax.Array, jax.Array], tuple[jax.Array, dict]]
 
-def total_loss(
-    outputs: SegOutputs,
-    labels: jax.Array,
-    key: jax.Array,
-    *,
-    aux_weight: float,
-    class_weights: Sequence[float] = (),
-    contrastive_weight: float = 0.0,
-    contrastive_kwargs: Mapping[str, Any] | None = None,
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Scalar loss and a metrics dict with every term.
 
-    outputs: the model's SegOutputs (logits [B,H,W,K], aux_logits or None, embeddings finest first);
-    labels: int32 [B,H,W], -1 = ignore; key: randomness of the contrastive sampler;
-    contrastive_kwargs: keyword arguments of `losses.contrastive_loss_for_batch` (no arrays).
-    Metric keys: loss, loss_ce, loss_aux, loss_contrastive, and the contrastive loss's own terms.
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """(outputs: SegOutputs, labels int32 [B,H,W] (-1 = ignore), key) -> (loss, metrics).
+
+    Metric keys: loss, loss_ce, loss_aux (when the model has an aux head and aux_weight > 0),
+    loss_contrastive and the contrastive loss's own terms (when it is on).
     """
-    metrics = {}
-    loss_ce = cross_entropy(outputs.logits, labels, class_weights)
-    loss = loss_ce
-    metrics["loss_ce"] = loss_ce
-    if outputs.aux_logits is not None and aux_weight > 0:
-        loss_aux = cross_entropy(outputs.aux_logits, labels, class_weights)
-        loss = loss + aux_weight * loss_aux
-        metrics["loss_aux"] = loss_aux
-    if contrastive_weight > 0:
-        from msc_seg.losses.contrastive import contrastive_loss_for_batch
 
-        con, con_metrics = contrastive_loss_for_batch(
-            outputs.embeddings, labels, key, **dict(contrastive_kwargs or {})
+    aux_weight: float = 0.0
+    class_weights: tuple[float, ...] = ()
+    contrastive: ContrastiveFn | None = None
+    contrastive_weight: float = 0.0
+
+    @property
+    def needs_embeddings(self) -> bool:
+        """Whether the model must run its projectors (the contrastive term is on)."""
+        return self.contrastive is not None and self.contrastive_weight > 0
+
+    def __call__(self, outputs: SegOutputs, labels: jax.Array, key: jax.Array):
+        metrics = {}
+        loss_ce = cross_entropy(outputs.logits, labels, self.class_weights)
+        loss = loss_ce
+        metrics["loss_ce"] = loss_ce
+        if outputs.aux_logits is not None and self.aux_weight > 0:
+            loss_aux = cross_entropy(outputs.aux_logits, labels, self.class_weights)
+            loss = loss + self.aux_weight * loss_aux
+            metrics["loss_aux"] = loss_aux
+        if self.needs_embeddings:
+            con, con_metrics = self.contrastive(outputs.embeddings, labels, key)
+            loss = loss + self.contrastive_weight * con
+            metrics.update(con_metrics)
+            metrics["loss_contrastive"] = con
+        metrics["loss"] = loss
+        return loss, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+
+
+def make_objective(
+    *,
+    aux_weight: float = 0.0,
+    class_weights: Sequence[float] = (),
+    contrastive: ContrastiveFn | None = None,
+    contrastive_weight: float = 0.0,
+    num_classes: int | None = None,
+) -> Objective:
+    """The objective, its arguments checked (ArgumentError naming the argument).
+
+    class_weights: () = unweighted CE, else one weight per class (checked against num_classes
+    when given). contrastive_weight 0 (or contrastive None) turns the contrastive term off.
+    """
+    if aux_weight < 0:
+        raise ArgumentError("aux_weight", aux_weight, "must be >= 0 (0 turns the aux CE off)")
+    if contrastive_weight < 0:
+        raise ArgumentError(
+            "contrastive_weight", contrastive_weight, "must be >= 0 (0 turns it off)"
         )
-        loss = loss + contrastive_weight * con
-        metrics.update(con_metrics)
-        metrics["loss_contrastive"] = con
-    metrics["loss"] = loss
-    return loss, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+    class_weights = tuple(float(w) for w in class_weights)
+    if class_weights and num_classes is not None and len(class_weights) != num_classes:
+        raise ArgumentError(
+            "class_weights",
+            class_weights,
+            f"needs one weight per class ({num_classes}) or () for an unweighted CE",
+        )
+    return Objective(
+        aux_weight=float(aux_weight),
+        class_weights=class_weights,
+        contrastive=contrastive,
+        contrastive_weight=float(contrastive_weight),
+    )

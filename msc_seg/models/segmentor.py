@@ -149,7 +149,7 @@ def register_segmentor(name: str, factory: Callable[..., nnx.Module] | str) -> N
     SEGMENTORS[name] = factory
 
 
-def _resolve(name: str) -> Callable[..., nnx.Module]:
+def resolve_segmentor(name: str) -> Callable[..., nnx.Module]:
     factory = SEGMENTORS[name]
     if isinstance(factory, str):
         module_name, _, attr = factory.partition(":")
@@ -164,7 +164,7 @@ def make_segmentor(name: str, *, num_classes: int, rngs: nnx.Rngs, **kwargs) -> 
         raise ValueError(
             f"unknown segmentor {name!r}; known: {sorted(SEGMENTORS)} (set model.name)"
         )
-    return _resolve(name)(num_classes=num_classes, rngs=rngs, **kwargs)
+    return resolve_segmentor(name)(num_classes=num_classes, rngs=rngs, **kwargs)
 
 
 def count_params(model: nnx.Module) -> dict[str, int]:
