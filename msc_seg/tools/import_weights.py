@@ -8,46 +8,11 @@ msc_seg.tools.weights (readers, one converter module per model family, the forma
 the absl command line in cli.py). `--help` lists the formats.
 """
 
-from msc_seg.tools.weights import (
-    CONVERTERS,
-    FORMATS,
-    NO_COUNTERPART,
-    TORCH_SUFFIXES,
-    Conversion,
-    ConversionError,
-    abstract_shapes,
-    convert,
-    detect_hrnet,
-    detect_resnet,
-    detect_swin,
-    import_weights,
-    read_checkpoint,
-    summarise,
-    torch_to_flax,
-    write_conversion,
-)
+from msc_seg.tools.weights import *  # noqa: F403  (convert, import_weights, ConversionError, ...)
+from msc_seg.tools.weights import __all__ as _package_all
 from msc_seg.tools.weights.cli import main, run
 
-__all__ = [
-    "CONVERTERS",
-    "FORMATS",
-    "NO_COUNTERPART",
-    "TORCH_SUFFIXES",
-    "Conversion",
-    "ConversionError",
-    "abstract_shapes",
-    "convert",
-    "detect_hrnet",
-    "detect_resnet",
-    "detect_swin",
-    "import_weights",
-    "main",
-    "read_checkpoint",
-    "run",
-    "summarise",
-    "torch_to_flax",
-    "write_conversion",
-]
+__all__ = [*_package_all, "main", "run"]
 
 if __name__ == "__main__":
     run()

@@ -13,6 +13,8 @@ import numpy as np
 NO_COUNTERPART = "no counterpart in the target model"
 BN_COUNTER = "BatchNorm num_batches_tracked counter: flax keeps none"
 CLASSIFIER = "ImageNet classification head"
+# Prefixes of wrapped torch models (DataParallel `module.`, mmseg segmentors' `backbone.`).
+WRAPPER_PREFIXES = ("module.", "backbone.")
 
 # Canonical (torch-layout, our module names) key -> (array, the source keys it was made from).
 Canon = dict[str, tuple[np.ndarray, list[str]]]

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import re
 
-from msc_seg.tools.weights.common import Architecture, Canon, Converter, Request, strip_prefixes
+from msc_seg.tools.weights.common import (
+    WRAPPER_PREFIXES,
+    Architecture,
+    Canon,
+    Converter,
+    Request,
+    strip_prefixes,
+)
 from msc_seg.tools.weights.detect import detect_hrnet
 
 HRNET_HEAD = (
@@ -20,7 +27,7 @@ HRNET_HEAD = (
 
 def canon_hrnet_official(key: str, target: str = "backbone") -> tuple[str | None, str]:
     del target  # backbone only
-    key = strip_prefixes(key, ("module.", "backbone."))
+    key = strip_prefixes(key, WRAPPER_PREFIXES)
     if re.match(r"^(incre_modules|downsamp_modules|final_layer|classifier)\.", key):
         return None, HRNET_HEAD
     return key, ""

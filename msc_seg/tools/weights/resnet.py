@@ -13,6 +13,7 @@ from typing import Any
 
 from msc_seg.tools.weights.common import (
     CLASSIFIER,
+    WRAPPER_PREFIXES,
     Architecture,
     Canon,
     ConversionError,
@@ -63,7 +64,7 @@ def canon_hf_resnet(key: str, target: str = "backbone") -> tuple[str | None, str
 
 def canon_torchvision_resnet(key: str, target: str = "backbone") -> tuple[str | None, str]:
     del target  # backbone only
-    key = strip_prefixes(key, ("module.", "backbone."))
+    key = strip_prefixes(key, WRAPPER_PREFIXES)
     if key.startswith("fc."):
         return None, CLASSIFIER
     return key, ""

@@ -15,6 +15,7 @@ import re
 import numpy as np
 
 from msc_seg.tools.weights.common import (
+    WRAPPER_PREFIXES,
     Architecture,
     Canon,
     Converter,
@@ -90,7 +91,7 @@ HF_SWIN_OUTPUT_NORM_MISSING = (
 
 def canon_swin_official(key: str, target: str = "backbone") -> tuple[str | None, str]:
     del target  # backbone only
-    key = strip_prefixes(key, ("module.", "backbone."))
+    key = strip_prefixes(key, WRAPPER_PREFIXES)
     why = ignored(key, SWIN_OFFICIAL_IGNORES)
     return (None, why) if why else (key, "")
 
