@@ -7,6 +7,8 @@ that our Flax models reproduce their outputs to relative error <= 1e-4 in float3
 
 import json
 import os
+import pathlib
+import re
 import subprocess
 import sys
 import textwrap
@@ -27,6 +29,9 @@ from msc_seg.models.pretrained import (
 )
 from msc_seg.models.segmentor import UPerNetSegmentor
 from msc_seg.tools.import_weights import (
+    CONVERTERS,
+    FORMATS,
+    NO_COUNTERPART,
     ConversionError,
     convert,
     import_weights,
@@ -34,6 +39,7 @@ from msc_seg.tools.import_weights import (
     torch_to_flax,
     write_conversion,
 )
+from msc_seg.tools.weights.registry import get_converter
 from msc_seg.train_state import TrainState
 
 RTOL = 1e-4
@@ -41,6 +47,7 @@ RTOL = 1e-4
 SWIN_TINY = dict(embed=32, depths=(2, 2, 2, 2), heads=(1, 2, 4, 8), window=4)
 # resnet_tiny_test: stem 8, bottleneck widths 8/16/32/64 (outputs x4), blocks 1/2/1/1.
 RESNET_TINY = dict(stem=8, planes=(8, 16, 32, 64), blocks=(1, 2, 1, 1))
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 # ------------------------------------------------------------------------------------------
@@ -192,6 +199,125 @@ def resnet_arrays(shapes: dict, seed=0) -> dict:
     return out
 
 
+def torch_style_arrays(factory, seed=0) -> dict:
+    """Random values for `factory`'s Param/BatchStat tree under torch names and layouts (the
+    inverse of torch_to_flax): the layout of checkpoints whose names our modules mirror (official
+    HRNet, the HF UPerNet heads)."""
+    abstract = build_abstract(factory)
+    leaf = {"kernel": "weight", "scale": "weight", "mean": "running_mean", "var": "running_var"}
+    rng = np.random.default_rng(seed)
+    sd = {}
+    for path, v in nnx.to_flat_state(nnx.state(abstract, (nnx.Param, nnx.BatchStat))):
+        *parents, name = map(str, path)
+        shape = v.get_value().shape
+        if name == "kernel":  # HWIO -> OIHW, [in, out] -> [out, in]
+            shape = (shape[3], shape[2], shape[0], shape[1]) if len(shape) == 4 else shape[::-1]
+        key = ".".join([*parents, leaf.get(name, name)])
+        sd[key] = rng.standard_normal(shape).astype(np.float32)
+    return sd
+
+
+def tiny_hrnet_arrays(seed=0) -> dict:
+    """hrnet_tiny_test's backbone in the official HRNet checkpoint layout."""
+    from msc_seg.models.hrnet import make_hrnet
+
+    return torch_style_arrays(lambda rngs: make_hrnet("hrnet_tiny_test", rngs=rngs), seed)
+
+
+def hf_swin_arrays(official: dict, seed=0) -> dict:
+    """Microsoft's Swin state dict under the names SwinBackbone saves (legacy save_pretrained
+    names), by hand: q/k/v split, no attention masks, per-stage output norms added."""
+    top = {
+        "patch_embed.proj": "embeddings.patch_embeddings.projection",
+        "patch_embed.norm": "embeddings.norm",
+        "norm": "layernorm",
+        "head": "classifier",
+    }
+    block = {
+        "norm1": "layernorm_before",
+        "norm2": "layernorm_after",
+        "attn": "attention.self",
+        "attn.proj": "attention.output.dense",
+        "mlp.fc1": "intermediate.dense",
+        "mlp.fc2": "output.dense",
+    }
+    sd = {}
+    for key, value in official.items():
+        m = re.match(r"^layers\.(\d+)\.(blocks\.\d+\.)?(.*)$", key)
+        if not m:
+            module, _, leaf = key.rpartition(".")
+            sd[f"{top[module]}.{leaf}"] = value
+            continue
+        prefix, rest = f"encoder.layers.{m[1]}.{m[2] or ''}", m[3]
+        module, _, leaf = rest.rpartition(".")
+        if not m[2]:  # patch merging: same names
+            sd[prefix + rest] = value
+        elif module == "attn.qkv":
+            for name, part in zip(("query", "key", "value"), np.split(value, 3), strict=True):
+                sd[f"{prefix}attention.self.{name}.{leaf}"] = part
+        elif rest != "attn_mask":
+            sd[f"{prefix}{block[module]}.{leaf}"] = value
+    rng = np.random.default_rng(seed)
+    for i in range(len(SWIN_TINY["depths"])):
+        for p in ("weight", "bias"):
+            c = SWIN_TINY["embed"] * 2**i
+            sd[f"hidden_states_norms.stage{i + 1}.{p}"] = rng.standard_normal(c).astype(np.float32)
+    return sd
+
+
+def hf_upernet_arrays(seed=0) -> dict:
+    """An HF UperNetForSemanticSegmentation state dict with swin_tiny_test sizes, by hand: the
+    SwinBackbone under `backbone.`, the heads with each PPM branch's conv at index 1."""
+    official = random_arrays(official_swin_shapes(**SWIN_TINY), seed)
+    hf_swin = hf_swin_arrays(official, seed)
+    sd = {
+        f"backbone.{k}": v
+        for k, v in hf_swin.items()
+        if not k.startswith(("layernorm.", "classifier."))
+    }
+    model = torch_style_arrays(
+        lambda rngs: UPerNetSegmentor(
+            num_classes=5,
+            backbone="swin_tiny_test",
+            decoder_channels=16,
+            aux_channels=8,
+            drop_path_rate=0.0,
+            use_projectors=False,
+            rngs=rngs,
+        ),
+        seed,
+    )
+    for key, value in model.items():
+        if key.startswith(("decode_head.", "auxiliary_head.")):
+            sd[re.sub(r"^(decode_head\.psp_modules\.\d+)\.", r"\1.1.", key)] = value
+    return sd
+
+
+def hf_resnet_arrays(torchvision: dict) -> dict:
+    """A torchvision ResNet state dict under HF ResNetForImageClassification names, by hand."""
+    top = {
+        "conv1": "embedder.embedder.convolution",
+        "bn1": "embedder.embedder.normalization",
+        "fc": "classifier.1",
+    }
+    sd = {}
+    for key, value in torchvision.items():
+        m = re.match(r"^layer(\d)\.(\d+)\.(conv|bn|downsample\.)(\d)\.(\w+)$", key)
+        if not m:
+            module, _, leaf = key.partition(".")
+            sd[f"{top[module]}.{leaf}"] = value
+            continue
+        stage, block, kind, k, leaf = m.groups()
+        where = f"encoder.stages.{int(stage) - 1}.layers.{block}."
+        if kind == "downsample.":
+            where += "shortcut." + ("convolution." if k == "0" else "normalization.")
+        else:
+            where += f"layer.{int(k) - 1}."
+            where += "convolution." if kind == "conv" else "normalization."
+        sd[where + leaf] = value
+    return sd
+
+
 def tiny_deeplab(rngs):
     return DeepLabV3Segmentor(
         num_classes=3, backbone="resnet_tiny_test", output_stride=32, aspp_channels=8, rngs=rngs
@@ -292,18 +418,8 @@ def test_torchvision_resnet_layout_loads_every_backbone_key_and_lists_fc_unused(
 
 
 def test_hrnet_official_layout_loads_backbone_and_lists_classifier_modules_unused():
-    from msc_seg.models.hrnet import make_hrnet
-
-    abstract = build_abstract(lambda rngs: make_hrnet("hrnet_tiny_test", rngs=rngs))
     # The official names are ours with torch leaf names (hrnet.py mirrors the checkpoint).
-    leaf = {"kernel": "weight", "scale": "weight", "mean": "running_mean", "var": "running_var"}
-    sd = {}
-    for path, v in nnx.to_flat_state(nnx.state(abstract, (nnx.Param, nnx.BatchStat))):
-        *parents, name = map(str, path)
-        shape = v.get_value().shape
-        if name == "kernel":
-            shape = (shape[3], shape[2], shape[0], shape[1])
-        sd[".".join([*parents, leaf.get(name, name)])] = np.full(shape, 0.5, np.float32)
+    sd = tiny_hrnet_arrays()
     # Spot checks of names from the official checkpoint layout.
     for key in (
         "layer1.0.downsample.0.weight",
@@ -328,6 +444,106 @@ def test_hrnet_official_layout_loads_backbone_and_lists_classifier_modules_unuse
     assert conv.missing == {}
     assert set(conv.unused) == set(head)
     assert all("classification head" in why for why in conv.unused.values())
+
+
+# ------------------------------------------------------------------------------------------
+# dispatch table: one converter per format (no torch)
+
+# Each format's checkpoint layout, by hand, with the tiny test variants' shapes.
+SYNTHETIC = {
+    "swin_official": lambda: random_arrays(official_swin_shapes(**SWIN_TINY)),
+    "hf_swin": lambda: hf_swin_arrays(random_arrays(official_swin_shapes(**SWIN_TINY))),
+    "hf_upernet": hf_upernet_arrays,
+    "hf_resnet": lambda: hf_resnet_arrays(resnet_arrays(torchvision_resnet_shapes(**RESNET_TINY))),
+    "torchvision_resnet": lambda: resnet_arrays(torchvision_resnet_shapes(**RESNET_TINY)),
+    "hrnet_official": tiny_hrnet_arrays,
+}
+FAMILY_BACKBONE = {
+    "swin": "swin_tiny_test",
+    "upernet": "swin_tiny_test",
+    "resnet": "resnet_tiny_test",
+    "hrnet": "hrnet_tiny_test",
+}
+
+
+def test_dispatch_table_has_one_converter_per_documented_format():
+    assert FORMATS == (
+        "swin_official",
+        "hf_swin",
+        "hf_upernet",
+        "hf_resnet",
+        "torchvision_resnet",
+        "hrnet_official",
+    )
+    assert set(SYNTHETIC) == set(CONVERTERS) == set(FORMATS)  # every format is tested below
+    for fmt, converter in CONVERTERS.items():
+        assert converter.format == fmt and converter.summary and converter.family in FAMILY_BACKBONE
+        assert get_converter(fmt) is converter
+        assert converter.targets == (
+            ("model", "backbone") if fmt == "hf_upernet" else ("backbone",)
+        )
+    with pytest.raises(ConversionError, match="--format 'nope' is not one of"):
+        get_converter("nope")
+    with pytest.raises(ConversionError, match="--format 'nope'"):
+        convert(SYNTHETIC["swin_official"](), "nope")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_dispatch_table_converts_each_format_with_its_family(fmt):
+    sd = SYNTHETIC[fmt]()
+    conv = convert(sd, fmt, source=f"{fmt}.ckpt")
+    family = CONVERTERS[fmt].family
+    assert conv.format == fmt and conv.target == CONVERTERS[fmt].targets[0]
+    assert conv.architecture["family"] == family
+    assert conv.architecture["backbone"] == FAMILY_BACKBONE[family]
+    # Every tensor accounted for, each with a counterpart or a known reason to drop it.
+    loaded_sources = [s for srcs in conv.loaded.values() for s in srcs]
+    assert sorted(loaded_sources + list(conv.unused)) == sorted(sd)
+    assert not [k for k, why in conv.unused.items() if why.startswith(NO_COUNTERPART)]
+    assert all(why != "not in the checkpoint" for why in conv.missing.values())
+
+
+def test_hf_key_tables_give_the_arrays_of_the_official_layouts():
+    """HF Swin (legacy names, q/k/v split) and HF ResNet names, renamed by hand from the
+    official / torchvision dicts, convert to the same arrays; no torch needed."""
+    official = random_arrays(official_swin_shapes(**SWIN_TINY))
+    hf, ref = convert(hf_swin_arrays(official), "hf_swin"), convert(official, "swin_official")
+    assert hf.missing == {} and set(hf.params) == set(ref.params) | set(ref.missing)
+    for key, value in ref.params.items():
+        np.testing.assert_array_equal(hf.params[key], value, err_msg=key)
+    assert hf.loaded["layers/1/blocks/0/attn/qkv/kernel"] == [
+        f"encoder.layers.1.blocks.0.attention.self.{n}.weight" for n in ("query", "key", "value")
+    ]
+    assert hf.loaded["norm2/scale"] == ["hidden_states_norms.stage3.weight"]
+
+    tv = resnet_arrays(torchvision_resnet_shapes(**RESNET_TINY))
+    hf, ref = convert(hf_resnet_arrays(tv), "hf_resnet"), convert(tv, "torchvision_resnet")
+    assert set(hf.params) == set(ref.params) and hf.missing == {}
+    for key, value in ref.params.items():
+        np.testing.assert_array_equal(hf.params[key], value, err_msg=key)
+    assert hf.loaded["layer2/0/downsample/1/var"] == [
+        "encoder.stages.1.layers.0.shortcut.normalization.running_var"
+    ]
+
+
+def test_hf_upernet_heads_load_at_the_model_root_or_are_left_out_for_a_backbone_target():
+    sd = hf_upernet_arrays()
+    model = convert(sd, "hf_upernet")
+    assert model.missing == {}
+    assert model.architecture["num_classes"] == 5 and model.architecture["aux_channels"] == 8
+    assert model.architecture["pool_scales"] == (1, 2, 3, 6)
+    assert any("pool_scales" in n for n in model.notes)  # no config.json says so
+    np.testing.assert_array_equal(
+        model.params["decode_head/psp_modules/2/conv/kernel"],
+        sd["decode_head.psp_modules.2.1.conv.weight"].transpose(2, 3, 1, 0),
+    )
+    backbone = convert(sd, "hf_upernet", target="backbone")
+    assert backbone.architecture["family"] == "swin"
+    assert {k[len("backbone/") :] for k in model.params if k.startswith("backbone/")} == set(
+        backbone.params
+    )
+    heads = {k for k in sd if k.startswith(("decode_head.", "auxiliary_head."))}
+    assert heads and all("--target backbone" in backbone.unused[k] for k in heads)
 
 
 # ------------------------------------------------------------------------------------------
@@ -452,6 +668,57 @@ def test_cli_writes_params_and_manifest(tmp_path):
         assert all(npz[k].dtype == np.float32 for k in npz.files)
     # A bad format exits with a message instead of a traceback.
     assert main(["--format", "hrnet_official", "--input", str(src), "--output", str(out)]) == 2
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """`python -m msc_seg.tools.import_weights ARGS` from this checkout."""
+    return subprocess.run(
+        [sys.executable, "-m", "msc_seg.tools.import_weights", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    "args, culprit",
+    [
+        (["--format", "nope", "--input", "x.pth", "--output", "out"], "--format=nope"),
+        (["--format=hf_swin", "--input=/no/such/swin.pth", "--output=out"], "/no/such/swin.pth"),
+    ],
+    ids=["unknown-format", "bad-path"],
+)
+def test_cli_error_is_one_line_naming_the_culprit_with_exit_code_2(args, culprit):
+    result = run_cli(*args)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and culprit in lines[0], lines
+    assert result.stdout == ""
+
+
+def test_cli_flag_mistakes_end_in_one_line_and_help_lists_the_formats(tmp_path, capsys):
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    src = tmp_path / "swin_tiny.safetensors"
+    safetensors_numpy.save_file(random_arrays(official_swin_shapes(**SWIN_TINY)), src)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    good = ["--format=swin_official", f"--input={src}"]
+    cases = [
+        ([], "--format, --input, --output required"),
+        ([*good, "--output", str(tmp_path / "o"), "--bogus"], "'bogus'"),
+        ([*good, "--output", str(tmp_path / "o"), "extra"], "'extra'"),
+        ([*good, "--output", str(tmp_path / "o"), "--target=model"], "--target 'model'"),
+        ([*good, "--output", str(blocker / "out")], str(blocker)),
+    ]
+    for args, culprit in cases:
+        assert main(args) == 2, args
+        out, err = capsys.readouterr()
+        assert out == "" and err.count("\n") == 1 and culprit in err, (args, err)
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(fmt in out for fmt in FORMATS) and "--unsafe-pickle" in out
 
 
 # ------------------------------------------------------------------------------------------
