@@ -6,7 +6,7 @@
 For each setting (CE only: contrastive weight 0; CE + MS + CS: weight 0.1, cross-scale on) and each
 seed, trains configs/camvid.py through the real entry point (`python -m msc_seg.main` in a
 subprocess: checkpoints, TensorBoard files, metrics.jsonl and a train.log in its workdir) with
-`dataset.eval_split=test` and evaluation only at the end of training, so the one evaluation of a
+`eval.data.split=test` and evaluation only at the end of training, so the one evaluation of a
 run is the LAST checkpoint (step == --steps) on the CamVid TEST split (233 images, full 360x480
 resolution); no checkpoint is ever selected on test. Prints one markdown table to stdout (mIoU
 mean, min-max and std over seeds, aAcc, mAcc, s/step, wall time per run; per-class IoU as the mean
@@ -83,7 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--override",
         action="append",
         default=[],
-        help="extra --config.a.b=v for every run, e.g. --override=dataset.crop_size=(160,224)",
+        help="extra --config.a.b=v for every run, e.g. --override=dataset.train.crop_size=(96,96)",
     )
     args = p.parse_args(argv)
     try:
@@ -125,7 +125,7 @@ def train_command(setting: Setting, seed: int, steps: int, workdir, args) -> lis
         f"--config.seed={seed}",
         f"--config.total_steps={steps}",
         f"--config.eval_every_steps={steps}",  # one evaluation: the last step's
-        "--config.dataset.eval_split=test",
+        "--config.eval.data.split=test",
         f"--config.dataset.data_dir={args.data_dir}",
     ]
     if setting.contrastive_weight > 0:
@@ -148,9 +148,9 @@ def median_seconds_per_step(metrics_jsonl: pathlib.Path) -> float:
 def read_final_test_eval(workdir: pathlib.Path, steps: int) -> dict:
     """eval_<steps>.json of a finished run, after checking that it evaluated the test split."""
     config = json.loads((workdir / "config.json").read_text())
-    if config["dataset"]["eval_split"] != "test" or config["total_steps"] != steps:
+    if config["eval"]["data"]["split"] != "test" or config["total_steps"] != steps:
         raise SystemExit(
-            f"{workdir}/config.json has eval_split={config['dataset']['eval_split']!r}, "
+            f"{workdir}/config.json has eval.data.split={config['eval']['data']['split']!r}, "
             f"total_steps={config['total_steps']}; expected 'test' and {steps}"
         )
     path = workdir / f"eval_{steps}.json"
@@ -309,7 +309,7 @@ def config_facts(args) -> dict:
         "anchors": cc["max_features_total"],
         "pad_shape": "x".join(str(v) for v in c["eval"]["pad_shape"]),
         "batch_size": c["batch_size"],
-        "crop_size": "x".join(str(v) for v in c["dataset"]["crop_size"]),
+        "crop_size": "x".join(str(v) for v in c["dataset"]["train"]["crop_size"]),
         "scale_range": tuple(c["dataset"]["scale_range"]),
         "lr": c["optimizer"]["learning_rate"],
         "warmup": c["schedule"]["warmup_steps"],

@@ -354,6 +354,9 @@ def validate(config: ml_collections.ConfigDict, facts: RuntimeFacts) -> None:
         )
     _multiple_of_stride("dataset.train.crop_size", c.dataset.train.crop_size)
     pad = _multiple_of_stride("eval.data.pad_shape", c.eval.data.pad_shape)
+    for field in ("resize_short_side", "resize_long_side"):
+        if int(c.eval.data[field]) < 0:
+            raise _err(f"eval.data.{field}", c.eval.data[field], "must be >= 0 (0 turns it off)")
     p = c.eval.protocol
     if p.mode == "slide":
         window = _multiple_of_stride("eval.protocol.window", p.window)

@@ -226,7 +226,12 @@ def model_builder(
     def build(key: jax.Array) -> nnx.Module:
         with jax.ensure_compile_time_eval(), config_section("model"):
             rngs = nnx.Rngs(params=key, dropout=jax.random.fold_in(key, 1))
-            return factory(rngs=rngs, **kwargs)
+            try:
+                return factory(rngs=rngs, **kwargs)
+            except ArgumentError:
+                raise
+            except ValueError as e:  # a check that does not name its argument
+                raise ConfigError(f"config section `model` ({config.model.name}): {e}") from None
 
     return build
 
@@ -310,12 +315,15 @@ def make_eval_step(config: ml_collections.ConfigDict, model_def: ModelDef, num_c
 # Validation: every check, before anything is written.
 
 
-def validate(config: ml_collections.ConfigDict, facts: config_lib.RuntimeFacts):
-    """Runs every check a run makes before it starts, without building the model's weights.
+def validate(
+    config: ml_collections.ConfigDict, facts: config_lib.RuntimeFacts, *, check_model: bool = True
+):
+    """Runs every check a run makes before it starts, without allocating any weights.
 
     Cross-field checks (config_lib), renamed/unknown fields, the dataset, the model's arguments
-    (names against the segmentor's signature), optimizer, schedule, objective and eval protocol.
-    Returns the DatasetSpec. Raises ConfigError naming the field.
+    (names against the segmentor's signature; with check_model also the constructor's own checks
+    and the scale weights, by building the model abstractly), optimizer, schedule, objective and
+    eval protocol. Returns the DatasetSpec. Raises ConfigError naming the field.
     """
     config_lib.upgrade(config)
     config_lib.validate(config, facts)
@@ -323,6 +331,11 @@ def validate(config: ml_collections.ConfigDict, facts: config_lib.RuntimeFacts):
     config_lib.check_against_dataset(config, spec)
     objective = build_objective(config, spec.num_classes)
     model_kwargs(config, spec.num_classes, objective)
+    if check_model:
+        model = nnx.eval_shape(
+            model_builder(config, spec.num_classes, objective), jax.random.key(0)
+        )
+        _check_scale_weights(config, model, objective)
     make_tx(config)
     build_protocol(config)
     if config.model_init and not pathlib.Path(config.model_init).exists():
@@ -439,7 +452,9 @@ def build(config: ml_collections.ConfigDict, workdir, *, mode: str) -> Experimen
     workdir = pathlib.Path(workdir) if workdir else None
     for note in config_lib.upgrade(config):
         reporting.log_and_print(f"note: {note}")
-    spec = validate(config, runtime_facts())
+    spec = validate(config, runtime_facts(), check_model=False)  # the model is built below
+    mesh = mesh_lib.make_mesh(config.mesh.data)
+    parts = build_train_parts(config, spec.num_classes, mesh)  # checks the model's arguments
     current = config_lib.to_dict(config)
     if mode == "train":
         checkpointing.check_workdir_config(workdir, current, what="this config")
@@ -451,13 +466,11 @@ def build(config: ml_collections.ConfigDict, workdir, *, mode: str) -> Experimen
             )
         if workdir.exists():
             checkpointing.check_workdir_config(workdir, current, what="--config")
-    mesh = mesh_lib.make_mesh(config.mesh.data)
     data_dir = resolve_data_dir(config)
     if mode != "predict":
         from msc_seg.data import pipeline
 
         pipeline.prepare_dataset(spec, data_dir)
-    parts = build_train_parts(config, spec.num_classes, mesh)
     eval_step = make_eval_step(config, parts.model_def, spec.num_classes)
     checkpointer = (
         checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)

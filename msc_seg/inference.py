@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from msc_seg.errors import ArgumentError
+
 ApplyFn = Callable[[jax.Array], jax.Array]  # images [b,h,w,3] -> logits [b,h,w,K]
 
 MODES = ("whole", "slide")
@@ -53,15 +55,32 @@ class Protocol:
 
     def __post_init__(self):
         if self.mode not in MODES:
-            raise ValueError(f"inference mode {self.mode!r} is not one of {MODES}")
+            raise ArgumentError("mode", self.mode, f"must be one of {list(MODES)}")
         if self.average not in AVERAGES:
-            raise ValueError(f"inference average {self.average!r} is not one of {AVERAGES}")
+            raise ArgumentError("average", self.average, f"must be one of {list(AVERAGES)}")
+        if not isinstance(self.flip, bool):
+            raise ArgumentError("flip", self.flip, "must be True or False")
         if not self.scales or min(self.scales) <= 0:
-            raise ValueError(f"inference scales {self.scales!r} must be non-empty and positive")
-        if self.mode == "slide" and not all(
+            raise ArgumentError(
+                "scales", self.scales, "must be a non-empty tuple of positive factors"
+            )
+        if self.mode != "slide":
+            return
+        if len(self.window) != 2 or any(w <= 0 or w % self.canvas_multiple for w in self.window):
+            raise ArgumentError(
+                "window",
+                self.window,
+                f"must be (height, width), positive multiples of {self.canvas_multiple}",
+            )
+        if len(self.stride) != 2 or not all(
             0 < s <= w for s, w in zip(self.stride, self.window, strict=True)
         ):
-            raise ValueError(f"stride {self.stride} must be in (0, window {self.window}]")
+            raise ArgumentError(
+                "stride",
+                self.stride,
+                f"must be (height, width) with 0 < stride <= window {tuple(self.window)} "
+                "(a larger stride would leave pixels without a window)",
+            )
 
 
 def round_up(n: int, multiple: int) -> int:

@@ -6,9 +6,9 @@ written once and reads the same in every config that uses it.
 
 Released by the authors (exact): HRNet-W48 / Cityscapes, OCRNet-HRNet-W48 / ADE20K,
 UPerNet-Swin-T / ADE20K. Not released (the paper's Table 9 has their numbers only): DeepLabV3
-anywhere, OCRNet / Cityscapes (the author: "the same training schedule from the OCRNet paper"), every Pascal
-Context and CaDIS recipe. For those the blocks below follow the closest official recipe (HRNet /
-HRNet-OCR official configs, which the released ones reproduce) and say so in `NOTES`.
+anywhere, OCRNet / Cityscapes (the author: "the same training schedule from the OCRNet paper"),
+every Pascal Context and CaDIS recipe. For those the blocks below follow the closest official
+recipe (HRNet / HRNet-OCR official configs, which the released ones reproduce) and say so.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from msc_seg import config_lib
+from msc_seg import config_lib, experiment
 from msc_seg.data import registry
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -28,14 +28,14 @@ def camvid_config(arg=None):
 @pytest.mark.parametrize("num_devices", [1, 8])
 def test_camvid_config_validates_and_fits_camvid_frames(num_devices):
     c = camvid_config()
-    config_lib.validate(c, config_lib.RuntimeFacts(num_devices=num_devices))
+    experiment.validate(c, config_lib.RuntimeFacts(num_devices=num_devices))
     spec = registry.get_dataset_spec(c.dataset.name)
     assert spec.name == "camvid" and spec.max_image_shape == (360, 480)
-    pad_h, pad_w = c.eval.pad_shape
+    pad_h, pad_w = c.eval.data.pad_shape
     assert pad_h >= 360 and pad_w >= 480  # whole frames are evaluated, never cropped
     assert (c.model.name, c.model.backbone) == ("upernet", "resnet_tiny_test")
     assert c.loss.contrastive.images_per_group == 4
-    assert c.loss.contrastive.max_features_total == 2000
+    assert c.loss.contrastive.max_total == 2000
 
 
 @pytest.mark.parametrize("weight", [0.0, 0.1, 0.25])
@@ -43,7 +43,7 @@ def test_contrastive_argument_sets_the_weight_and_still_validates(weight):
     c = camvid_config(f"contrastive={weight}")
     assert c.loss.contrastive.weight == weight
     assert c.loss.contrastive.cross_scale  # the MS + CS setting includes the cross-scale terms
-    config_lib.validate(c, config_lib.RuntimeFacts(num_devices=8))
+    experiment.validate(c, config_lib.RuntimeFacts(num_devices=8))
 
 
 def test_contrastive_zero_is_ce_only_and_default_is_ms_cs():
@@ -54,7 +54,7 @@ def test_contrastive_zero_is_ce_only_and_default_is_ms_cs():
 @pytest.mark.parametrize("steps", [10, 300, 5000])
 def test_steps_argument_sets_the_budget_and_cadences(steps):
     c = camvid_config(f"steps={steps}")
-    config_lib.validate(c, config_lib.RuntimeFacts(num_devices=8))
+    experiment.validate(c, config_lib.RuntimeFacts(num_devices=8))
     assert c.total_steps == steps
     assert c.eval_every_steps == steps  # one evaluation: the last step's
     assert 0 < c.checkpoint_every_steps <= steps
@@ -75,7 +75,7 @@ def test_benchmark_runs_evaluate_the_last_step_on_test():
         cmd = bench.train_command(setting, 3, 7, "/w", args)
         assert f"--config={bench.CONFIG}:steps=7,contrastive={setting.contrastive_weight}" in cmd
         for flag in (
-            "--config.dataset.eval_split=test",
+            "--config.eval.data.split=test",
             "--config.eval_every_steps=7",
             "--config.total_steps=7",
             "--config.seed=3",

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from msc_seg import config_lib
+from msc_seg import config_lib, experiment
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.py"))
@@ -23,8 +23,12 @@ def load(path, arg=None):
 
 def test_ade20k_upernet_carries_the_paper_recipe():
     c = load(ROOT / "configs" / "ade20k_upernet.py")
-    assert (c.batch_size, tuple(c.dataset.crop_size), c.total_steps) == (16, (512, 512), 160_401)
-    assert (c.optimizer.name, c.optimizer.learning_rate, c.optimizer.weight_decay) == (
+    assert (c.batch_size, tuple(c.dataset.train.crop_size), c.total_steps) == (
+        16,
+        (512, 512),
+        160_401,
+    )
+    assert (c.optimizer.name, c.schedule.learning_rate, c.optimizer.weight_decay) == (
         "adamw",
         6e-5,
         0.01,
@@ -42,13 +46,22 @@ def test_ade20k_upernet_carries_the_paper_recipe():
     "field,value,words",
     [
         ("batch_size", 12, ["batch_size", "divisible by the 8 devices"]),
-        ("dataset.crop_size", (100, 128), ["dataset.crop_size", "multiples of 32"]),
-        ("dataset.crop_size", (512, 512), ["dataset.crop_size", "larger than the images"]),
+        ("dataset.train.crop_size", (100, 128), ["dataset.train.crop_size", "multiples of 32"]),
+        (
+            "dataset.train.crop_size",
+            (512, 512),
+            ["dataset.train.crop_size", "larger than the images"],
+        ),
         ("dataset.name", "imagenet", ["dataset.name", "imagenet"]),
         ("model.name", "segformer", ["model.name", "segformer", "upernet"]),
         ("optimizer.name", "lamb", ["optimizer.name", "adamw"]),
         ("loss.contrastive.images_per_group", 3, ["images_per_group", "batch_size (8)"]),
-        ("model.pretrained", "/no/such/weights", ["model.pretrained", "import_weights"]),
+        ("model_init", "/no/such/weights", ["model_init", "import_weights"]),
+        ("loss.contrastive.temperature", 0.0, ["loss.contrastive.temperature", "> 0"]),
+        ("schedule.warmup_steps", 400, ["schedule.warmup_steps", "total_steps=400"]),
+        ("eval.protocol.mode", "tiles", ["eval.protocol.mode", "whole"]),
+        ("model.projector_position", "neck", ["model.projector_position", "fpn"]),
+        ("model.decoder_channel", 64, ["model.decoder_channel", "decoder_channels"]),
     ],
 )
 def test_invalid_values_fail_with_a_message_naming_the_field(field, value, words):
@@ -59,7 +72,7 @@ def test_invalid_values_fail_with_a_message_naming_the_field(field, value, words
         node = node[p]
     node[leaf] = value
     with pytest.raises(config_lib.ConfigError) as e:
-        config_lib.validate(config, FACTS)
+        experiment.validate(config, FACTS)
     for w in words:
         assert w in str(e.value)
 
@@ -92,12 +105,42 @@ def test_cli_rejects_a_typo_in_an_override_naming_the_field(tmp_path):
 
 def test_cli_rejects_an_invalid_value_naming_the_field(tmp_path):
     r = run_main(
-        "--config=configs/demo.py", "--config.dataset.crop_size=(100,100)", f"--workdir={tmp_path}"
+        "--config=configs/demo.py",
+        "--config.dataset.train.crop_size=(100,100)",
+        f"--workdir={tmp_path}",
     )
     assert r.returncode == 2, r.stderr[-2000:]
-    assert "dataset.crop_size" in r.stderr and "multiples of 32" in r.stderr
+    assert "dataset.train.crop_size" in r.stderr and "multiples of 32" in r.stderr
 
 
 def test_parse_arg_rejects_unknown_keys():
     with pytest.raises(config_lib.ConfigError, match="bacbone"):
         config_lib.parse_arg("bacbone=swin_s", backbone="swin_t")
+
+
+def test_cli_override_of_a_renamed_field_names_the_new_field(tmp_path):
+    r = run_main(
+        "--config=configs/demo.py", "--config.dataset.crop_size=(96,96)", f"--workdir={tmp_path}"
+    )
+    assert r.returncode == 2
+    assert "dataset.train.crop_size" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "config.json").exists()
+
+
+def test_old_config_file_fields_move_to_their_new_names_with_a_note():
+    config = load(ROOT / "configs" / "demo.py")
+    config.dataset.crop_size = (96, 96)  # an old config file's field (renamed since)
+    config.loss.contrastive.max_features_total = 123
+    notes = config_lib.upgrade(config)
+    assert tuple(config.dataset.train.crop_size) == (96, 96)
+    assert config.loss.contrastive.max_total == 123
+    assert "crop_size" not in config.dataset
+    assert any("dataset.train.crop_size" in n for n in notes) and len(notes) == 2
+    experiment.validate(config, FACTS)
+
+
+def test_unknown_field_in_a_config_file_is_named():
+    config = load(ROOT / "configs" / "demo.py")
+    config.loss.contrastive.temprature = 0.2
+    with pytest.raises(config_lib.ConfigError, match="loss.contrastive.temprature"):
+        experiment.validate(config, FACTS)

@@ -84,12 +84,12 @@ def random_values(tree, seed=0):
 
 
 def split_state(abstract, seed=0):
-    """-> graphdef, TrainState(params, rest random), concrete RNG state."""
-    graphdef, params, rng, rest = nnx.split(abstract, nnx.Param, nnx.RngState, ...)
+    """-> graphdef, TrainState(params, batch_stats random), concrete RNG state."""
+    graphdef, params, rng, batch_stats = nnx.split(abstract, nnx.Param, nnx.RngState, ...)
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
         params=random_values(params, seed),
-        rest=random_values(rest, seed + 1),
+        batch_stats=random_values(batch_stats, seed + 1),
         opt_state=None,
     )
     return graphdef, state, random_values(rng)
@@ -566,7 +566,7 @@ def test_apply_pretrained_puts_backbone_file_under_backbone_and_keeps_shardings(
     state = jax.device_put(state, replicated)
     logs = []
     new = apply_pretrained(state, out, log=logs.append)
-    old_p, new_p, new_r = flat(state.params), flat(new.params), flat(new.rest)
+    old_p, new_p, new_r = flat(state.params), flat(new.params), flat(new.batch_stats)
     np.testing.assert_array_equal(
         new_p["backbone/conv1/kernel"], sd["conv1.weight"].transpose(2, 3, 1, 0)
     )
@@ -800,11 +800,13 @@ def test_hf_upernet_swin_parity_logits_aux_and_stages(hf_upernet):
             rngs=rngs,
         )
     )
-    graphdef, params, rng, rest = nnx.split(abstract, nnx.Param, nnx.RngState, ...)
+    graphdef, params, rng, batch_stats = nnx.split(abstract, nnx.Param, nnx.RngState, ...)
     # Applied to the abstract state: every variable must come from the file.
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=None)
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats, opt_state=None
+    )
     state = apply_pretrained(state, out, log=lambda _: None)
-    model = nnx.merge(graphdef, state.params, random_values(rng), state.rest)
+    model = nnx.merge(graphdef, state.params, random_values(rng), state.batch_stats)
 
     # 96x160: stages 3 and 4 (6x10, 3x5) are padded to the window 4; HF's SwinBackbone shifts
     # every odd block at any size (always_partition), like ours and the reference.

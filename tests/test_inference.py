@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from msc_seg import config_lib, evaluate, inference
+from msc_seg import config_lib, evaluate, experiment, inference
 from msc_seg.inference import Protocol
 from msc_seg.models.outputs import SegOutputs
 from msc_seg.train_state import ModelDef, TrainState, split_model
@@ -308,44 +308,45 @@ def test_protocol_rejects_bad_values_naming_them():
 
 
 def eval_config(**overrides):
-    c = config_lib.base_config()  # the demo dataset: 128x128 images
-    c.dataset.crop_size = (128, 128)
-    c.eval.pad_shape = (128, 128)
+    """The base config on the demo dataset (128x128 images); overrides of `eval.protocol` fields,
+    or of `eval.data` ones as "data.FIELD"."""
+    c = config_lib.base_config()
+    c.dataset.train.crop_size = (128, 128)
+    c.eval.data.pad_shape = (128, 128)
     for k, v in overrides.items():
-        c.eval[k] = v
+        section, _, field = k.rpartition(".")
+        c.eval[section or "protocol"][field] = v
     return c
 
 
 def test_default_eval_config_is_whole_image_scale_one_without_flip():
-    protocol = evaluate.inference_protocol(config_lib.base_config().eval)
+    protocol = experiment.build_protocol(config_lib.base_config())
     assert protocol == Protocol(mode="whole", window=(512, 512), stride=(341, 341))
     assert protocol.scales == (1.0,) and not protocol.flip
-    assert not evaluate.resizes_images(config_lib.base_config().eval)
     c = eval_config(mode="slide", window=(32, 64), stride=(16, 48), scales=(0.5, 1.0), flip=True)
-    config_lib.validate(c, config_lib.RuntimeFacts(8))
-    assert evaluate.inference_protocol(c.eval) == Protocol(
+    experiment.validate(c, config_lib.RuntimeFacts(8))
+    assert experiment.build_protocol(c) == Protocol(
         "slide", (32, 64), (16, 48), (0.5, 1.0), True, "logits"
     )
-    assert evaluate.resizes_images(eval_config(resize_long_side=520).eval)
 
 
 @pytest.mark.parametrize(
     "overrides, field",
     [
-        ({"mode": "tiles"}, "eval.mode"),
-        ({"average": "votes"}, "eval.average"),
-        ({"scales": ()}, "eval.scales"),
-        ({"scales": (1.0, -0.5)}, "eval.scales"),
-        ({"resize_long_side": -1}, "eval.resize_long_side"),
-        ({"mode": "slide", "window": (48, 64)}, "eval.window"),  # not a multiple of 32
-        ({"mode": "slide", "window": (32, 32), "stride": (40, 32)}, "eval.stride"),
-        ({"mode": "slide", "window": (32, 32), "stride": (0, 32)}, "eval.stride"),
-        ({"mode": "slide", "window": (160, 32), "stride": (32, 32)}, "eval.window"),  # > pad
+        ({"mode": "tiles"}, "eval.protocol.mode"),
+        ({"average": "votes"}, "eval.protocol.average"),
+        ({"scales": ()}, "eval.protocol.scales"),
+        ({"scales": (1.0, -0.5)}, "eval.protocol.scales"),
+        ({"data.resize_long_side": -1}, "eval.data.resize_long_side"),
+        ({"mode": "slide", "window": (48, 64)}, "eval.protocol.window"),  # not a multiple of 32
+        ({"mode": "slide", "window": (32, 32), "stride": (40, 32)}, "eval.protocol.stride"),
+        ({"mode": "slide", "window": (32, 32), "stride": (0, 32)}, "eval.protocol.stride"),
+        ({"mode": "slide", "window": (160, 32), "stride": (32, 32)}, "eval.protocol.window"),
     ],
 )
 def test_bad_eval_protocol_fields_are_config_errors_naming_the_field(overrides, field):
     with pytest.raises(config_lib.ConfigError, match=f"`{field}`"):
-        config_lib.validate(eval_config(**overrides), config_lib.RuntimeFacts(8))
+        experiment.validate(eval_config(**overrides), config_lib.RuntimeFacts(8))
 
 
 class TinySegmentor(nnx.Module):
@@ -359,14 +360,16 @@ class TinySegmentor(nnx.Module):
 
 
 def tiny_model_state():
-    graphdef, params, rng, rest = split_model(TinySegmentor(nnx.Rngs(0)))
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=())
+    graphdef, params, batch_stats, rng = split_model(TinySegmentor(nnx.Rngs(0)))
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats, opt_state=()
+    )
     return ModelDef(graphdef, rng), state
 
 
 def test_eval_step_scores_the_protocols_prediction_on_the_original_label_grid():
     model_def, state = tiny_model_state()
-    model = model_def.merge(state.params, state.rest)
+    model = model_def.apply(state)
     images, hw = padded_batch([(48, 40), (64, 64)], (64, 64), seed=11)
     label_hw = np.array([[60, 50], [64, 64]], np.int32)  # image 0 was resized 60x50 -> 48x40
     rng = np.random.default_rng(11)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import jax
 import jax.extend
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
 
-from msc_seg import config_lib, train, train_state
+from msc_seg import config_lib, experiment
 from msc_seg import mesh as mesh_lib
-from msc_seg.train_step import make_train_step
 
 K = 5
 FAMILIES = {
@@ -24,24 +24,23 @@ FAMILIES = {
 
 def tiny_config(model: str, dtype: str):
     c = config_lib.base_config()
-    c.model.name = model
-    c.model.backbone = FAMILIES[model]
-    c.model.dtype = dtype
-    c.model.window_size = 4
-    c.model.embedding_dim = 16
-    c.model.decoder_channels = 32
-    c.model.aux_channels = 16
-    c.model.aspp_channels = 16
-    c.model.ocr_channels = 32
-    c.model.ocr_key_channels = 16
+    sizes = {  # each model's own (tiny) arguments
+        "upernet": dict(window_size=4, decoder_channels=32, aux_channels=16),
+        "deeplabv3": dict(aspp_channels=16, taps=("layer1", "layer4")),
+        "hrnet": {},
+        "ocrnet": dict(ocr_channels=32, key_channels=16),
+    }[model]
+    c.model = ml_collections.ConfigDict(
+        dict(name=model, backbone=FAMILIES[model], dtype=dtype, embedding_dim=16, **sizes)
+    )
     c.loss.contrastive.weight = 0.1
     c.loss.contrastive.images_per_group = 2
-    c.loss.contrastive.max_features_total = 256
-    c.loss.contrastive.max_views_per_class = 32
+    c.loss.contrastive.max_total = 256
+    c.loss.contrastive.max_views = 32
     num_scales = len(c.model.taps) if model == "deeplabv3" else 4
     c.loss.contrastive.scale_weights = (1.0, 0.7, 0.4, 0.1)[:num_scales]
     c.batch_size = 2
-    c.dataset.crop_size = (64, 64)
+    c.dataset.train.crop_size = (64, 64)
     return c
 
 
@@ -74,7 +73,7 @@ def conv_operand_dtypes(model, images) -> set:
 @pytest.mark.parametrize("model_name", sorted(FAMILIES))
 def test_bfloat16_model_convolves_in_bfloat16_and_keeps_float32_state_and_outputs(model_name):
     config = tiny_config(model_name, "bfloat16")
-    model = nnx.eval_shape(lambda k: train_state.make_model(config, K, k), jax.random.key(0))
+    model = experiment.abstract_model(config, K)
     for kind in (nnx.Param, nnx.BatchStat):
         flat = nnx.to_flat_state(nnx.state(model, kind))
         assert flat and {v.get_value().dtype for _, v in flat} == {jnp.dtype(jnp.float32)}
@@ -91,27 +90,16 @@ def test_bfloat16_train_step_matches_float32_loss_closely_and_updates_float32_pa
     losses = {}
     for dtype in ("float32", "bfloat16"):
         config = tiny_config("deeplabv3", dtype)
-        tx_builder = train_state.make_tx_builder(config)
-        model_def, create, _ = train_state.make_state_factory(
-            config, K, mesh_lib.make_mesh(1), tx_builder
-        )
-        state = create()  # one jitted init instead of an eager compile per initialiser
-        tx = tx_builder(state.params)
-        step = make_train_step(
-            model_def,
-            tx,
-            tx_builder.schedule,
-            aux_weight=0.0,
-            contrastive_weight=0.1,
-            contrastive_kwargs=train.contrastive_kwargs(config, K),
-        )
+        config.loss.aux_weight = 0.0
+        parts = experiment.build_train_parts(config, K, mesh_lib.make_mesh(1))
+        state = parts.create_state()  # one jitted init instead of an eager compile per initialiser
         rng_np = np.random.default_rng(0)
         batch = {
             "image": jnp.asarray(rng_np.normal(size=(2, 32, 32, 3)), jnp.float32),
             "label": jnp.asarray(np.kron(rng_np.integers(0, K, (2, 4, 4)), np.ones((8, 8)))),
         }
         batch["label"] = batch["label"].astype(jnp.int32)
-        new_state, metrics = jax.jit(step)(state, batch, jax.random.key(0))
+        new_state, metrics = parts.train_step(state, batch, jax.random.key(0))
         assert float(metrics["nonfinite"]) == 0.0
         assert {x.dtype for x in jax.tree.leaves(new_state.params)} == {jnp.dtype(jnp.float32)}
         losses[dtype] = float(metrics["loss"])

@@ -13,10 +13,8 @@ import numpy as np
 import pytest
 from test_paper_configs import CASES, load_config, tiny_form
 
-from msc_seg import config_lib, train, train_state
+from msc_seg import config_lib, experiment
 from msc_seg import mesh as mesh_lib
-from msc_seg.data import registry
-from msc_seg.train_step import make_train_step
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +22,7 @@ pytestmark = pytest.mark.slow
 def synthetic_batch(config, num_classes: int, seed: int = 0) -> dict:
     """Normalised noise images and blocky labels with every few pixels ignored."""
     rng = np.random.default_rng(seed)
-    h, w = config.dataset.crop_size
+    h, w = config.dataset.train.crop_size
     b = config.batch_size
     blocks = rng.integers(0, num_classes, size=(b, h // 8, w // 8))
     label = np.kron(blocks, np.ones((8, 8), np.int64)).astype(np.int32)
@@ -39,24 +37,14 @@ TRAIN_CASES = [c for c in CASES if c[1] is None]  # every config file once
 @pytest.mark.parametrize(("name", "arg"), TRAIN_CASES)
 def test_config_runs_one_train_step_in_tiny_form(name, arg):
     config = tiny_form(load_config(name, arg))
-    config_lib.validate(config, config_lib.RuntimeFacts(num_devices=jax.device_count()))
-    num_classes = registry.get_dataset_spec(config.dataset.name).num_classes
+    spec = experiment.validate(config, config_lib.RuntimeFacts(num_devices=jax.device_count()))
+    num_classes = spec.num_classes
     mesh = mesh_lib.make_mesh(config.mesh.data)
-    tx_builder = train_state.make_tx_builder(config)
-    model_def, create, _ = train_state.make_state_factory(config, num_classes, mesh, tx_builder)
-    state = create()
-    step_fn = make_train_step(
-        model_def,
-        tx_builder(state.params),
-        tx_builder.schedule,
-        aux_weight=config.loss.aux_weight,
-        class_weights=tuple(config.loss.class_weights),
-        contrastive_weight=config.loss.contrastive.weight,
-        contrastive_kwargs=train.contrastive_kwargs(config, num_classes),
-    )
+    parts = experiment.build_train_parts(config, num_classes, mesh)
+    state = parts.create_state()
     batch = mesh_lib.host_batch_to_global(synthetic_batch(config, num_classes), mesh)
     before = jax.tree.map(np.asarray, state.params)
-    new_state, metrics = jax.jit(step_fn)(state, batch, jax.random.key(config.seed))
+    new_state, metrics = parts.train_step(state, batch, jax.random.key(config.seed))
     assert int(new_state.step) == 1
     assert float(metrics["nonfinite"]) == 0.0
     assert np.isfinite(float(metrics["loss"]))

@@ -10,16 +10,15 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
-from msc_seg import config_lib, evaluate, predict
+from msc_seg import checkpointing, config_lib, evaluate, experiment, modes, predict
 from msc_seg import mesh as mesh_lib
 from msc_seg.data import registry
-from msc_seg.train_state import make_state_factory, make_tx_builder
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEMO = registry.get_dataset_spec("demo")
 
 
-def tiny_config(**eval_overrides):
+def tiny_config(**protocol_overrides):
     """configs/demo.py with a smaller decoder (fast to compile); eval canvas 128x128."""
     import importlib.util
 
@@ -32,8 +31,8 @@ def tiny_config(**eval_overrides):
     c.model.aux_channels = 8
     c.model.embedding_dim = 16
     c.eval.batch_size = 8
-    for k, v in eval_overrides.items():
-        c.eval[k] = v
+    for k, v in protocol_overrides.items():
+        c.eval.protocol[k] = v
     c.lock()
     return c
 
@@ -44,8 +43,7 @@ def trained(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("predict_run")
     config = tiny_config(mode="slide", window=(64, 64), stride=(32, 32), flip=True)
     mesh = mesh_lib.make_mesh(-1)
-    _, create, _ = make_state_factory(config, DEMO.num_classes, mesh, make_tx_builder(config))
-    state = create()
+    state = experiment.build_train_parts(config, DEMO.num_classes, mesh).create_state()
     # The layout checkpointing.Checkpointer (an orbax CheckpointManager) writes: STEP/default.
     # Written with a plain StandardCheckpointer, which is several times faster in a test.
     with ocp.StandardCheckpointer() as checkpointer:
@@ -73,7 +71,7 @@ def test_predict_writes_mask_overlay_and_ids_at_each_image_size(trained, tmp_pat
     workdir, config, state = trained
     sizes = write_images(tmp_path / "in")
     log = io.StringIO()
-    result = predict.predict_folder(
+    result = modes.predict_images(
         config, images=tmp_path / "in", output=tmp_path / "out", workdir=str(workdir), stream=log
     )
     assert sorted(result["written"]) == ["tall", "wide"]
@@ -97,14 +95,13 @@ def test_predict_writes_mask_overlay_and_ids_at_each_image_size(trained, tmp_pat
     image = np.broadcast_to(evaluate.PAD_VALUE, (8, 128, 128, 3)).copy()
     image[:, :40, :50] = predict.normalize(rgb)
     hw = np.tile(np.array([[40, 50]], np.int32), (8, 1))
-    model_def, _, _ = make_state_factory(
-        config, DEMO.num_classes, mesh_lib.make_mesh(-1), make_tx_builder(config)
+    model_def = experiment.build_train_parts(
+        config, DEMO.num_classes, mesh_lib.make_mesh(-1)
+    ).model_def
+    protocol = experiment.build_protocol(config)
+    scores = jax.jit(lambda s, x, h: evaluate.predict_scores(model_def, s, x, h, protocol))(
+        state, image, hw
     )
-    scores = jax.jit(
-        lambda s, x, h: evaluate.predict_scores(
-            model_def, s, x, h, evaluate.inference_protocol(config.eval)
-        )
-    )(state, image, hw)
     expected = np.asarray(np.argmax(scores[0], axis=-1))[:40, :50]
     np.testing.assert_array_equal(
         np.asarray(Image.open(tmp_path / "out" / "wide_ids.png")), expected
@@ -116,7 +113,7 @@ def test_empty_or_missing_images_folder_is_an_error_naming_it(trained, tmp_path)
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("no images here")
     with pytest.raises(predict.PredictError, match=r"--images=.*empty holds no \.jpg"):
-        predict.predict_folder(
+        modes.predict_images(
             config, images=tmp_path / "empty", output=tmp_path / "o", workdir=str(workdir)
         )
     with pytest.raises(predict.PredictError, match="nowhere does not exist"):
@@ -124,7 +121,7 @@ def test_empty_or_missing_images_folder_is_an_error_naming_it(trained, tmp_path)
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "x.png").write_bytes(b"garbage")
     with pytest.raises(predict.PredictError, match=r"none of the 1 files.*x\.png"):
-        predict.predict_folder(
+        modes.predict_images(
             config, images=tmp_path / "bad", output=tmp_path / "o", workdir=str(workdir),
             stream=io.StringIO(),
         )  # fmt: skip
@@ -135,27 +132,29 @@ def test_missing_checkpoint_errors_name_the_workdir_or_path_and_what_to_do(train
     write_images(tmp_path / "in")
     kwargs = dict(images=tmp_path / "in", output=tmp_path / "out")
     (tmp_path / "fresh").mkdir()
-    with pytest.raises(predict.PredictError, match=r"fresh has no checkpoint.*train first"):
-        predict.predict_folder(config, workdir=str(tmp_path / "fresh"), **kwargs)
-    with pytest.raises(predict.PredictError, match=r"--workdir=.*gone does not exist"):
-        predict.predict_folder(config, workdir=str(tmp_path / "gone"), **kwargs)
-    with pytest.raises(predict.PredictError, match=r"step 7 .*saved steps: \[0\]"):
-        predict.predict_folder(config, workdir=str(workdir), checkpoint="7", **kwargs)
-    with pytest.raises(predict.PredictError, match="no best checkpoint"):
-        predict.predict_folder(config, workdir=str(workdir), checkpoint="best", **kwargs)
-    with pytest.raises(predict.PredictError, match=r"--checkpoint=.*nope does not exist"):
-        predict.predict_folder(config, checkpoint=str(tmp_path / "nope"), **kwargs)
+    missing = checkpointing.CheckpointError
+    with pytest.raises(missing, match=r"fresh has no checkpoint.*train first"):
+        modes.predict_images(config, workdir=str(tmp_path / "fresh"), **kwargs)
+    with pytest.raises(missing, match=r"--workdir=.*gone does not exist"):
+        modes.predict_images(config, workdir=str(tmp_path / "gone"), **kwargs)
+    with pytest.raises(missing, match=r"step 7 .*saved steps: \[0\]"):
+        modes.predict_images(config, workdir=str(workdir), checkpoint="7", **kwargs)
+    with pytest.raises(missing, match="no best checkpoint"):
+        modes.predict_images(config, workdir=str(workdir), checkpoint="best", **kwargs)
+    with pytest.raises(missing, match=r"--checkpoint=.*nope does not exist"):
+        modes.predict_images(config, checkpoint=str(tmp_path / "nope"), **kwargs)
     # A path to the step folder or to the workdir itself resolves to the same checkpoint.
     step_item = workdir / "checkpoints" / "0" / "default"
-    assert predict.resolve_checkpoint(None, str(workdir / "checkpoints" / "0")) == step_item
-    assert predict.resolve_checkpoint(None, str(workdir)) == step_item
-    assert predict.resolve_checkpoint(str(workdir), "latest") == step_item
+    resolve = checkpointing.resolve_checkpoint
+    assert resolve(None, str(workdir / "checkpoints" / "0")) == step_item
+    assert resolve(None, str(workdir)) == step_item
+    assert resolve(str(workdir), "latest") == step_item
     # A structurally different config is refused before any restore is attempted.
     other = tiny_config()
     other.unlock()
     other.model.decoder_channels = 32
-    with pytest.raises(predict.PredictError, match="model.decoder_channels"):
-        predict.predict_folder(other, workdir=str(workdir), **kwargs)
+    with pytest.raises(checkpointing.WorkdirMismatchError, match="model.decoder_channels"):
+        modes.predict_images(other, workdir=str(workdir), **kwargs)
 
 
 def test_canvas_is_pad_shape_when_the_image_fits_else_a_rounded_up_bucket():

@@ -9,7 +9,7 @@ the source is a `.pth`/`.bin`; train without it). Its output directory holds:
   segmentor's `backbone/`; "model": under its root), the detected architecture and the
   loaded / missing / unused keys of the conversion.
 
-`apply_pretrained(state, path)` puts each array into `state.params` / `state.rest` (nnx.State
+`apply_pretrained(state, path)` puts each array into `state.params` / `state.batch_stats` (nnx.State
 trees), keeping every leaf's dtype and sharding. A shape mismatch raises and names the key and
 both shapes. Keys of the model that the file lacks ("missing") and keys of the file that the
 model lacks ("unused") are printed; with `strict` (the default) a missing or unused key inside a
@@ -198,7 +198,7 @@ def apply_pretrained(
 ):
     """Return `state` with its weights replaced by the converted ones in directory `path`.
 
-    state: any pytree dataclass with nnx.State fields `params` and `rest` and a `replace`
+    state: any pytree dataclass with nnx.State fields `params` and `batch_stats` and a `replace`
     method (TrainState). Leaves keep their dtype and sharding (jax.Arrays on a mesh, or
     ShapeDtypeStructs with a sharding). Raises PretrainedError on a shape mismatch (naming the
     key and both shapes), when nothing matches, and (strict) when the file fits another
@@ -208,9 +208,11 @@ def apply_pretrained(
     source = str(path)
     hint = _shape_hint(manifest)
     params, loaded_p, missing_p = _fill(state.params, arrays, source, hint)
-    rest, loaded_r, missing_r = _fill(state.rest, arrays, source, hint)
+    batch_stats, loaded_r, missing_r = _fill(state.batch_stats, arrays, source, hint)
     roots = {
-        _path_key(p[:1]) for tree in (state.params, state.rest) for p, _ in nnx.to_flat_state(tree)
+        _path_key(p[:1])
+        for tree in (state.params, state.batch_stats)
+        for p, _ in nnx.to_flat_state(tree)
     }
     _check(
         arrays,
@@ -222,7 +224,7 @@ def apply_pretrained(
         strict=strict,
         log=log,
     )
-    return state.replace(params=params, rest=rest)
+    return state.replace(params=params, batch_stats=batch_stats)
 
 
 def load_pretrained_into_model(
