@@ -4,10 +4,9 @@
         [--dtype float32|bfloat16] [--repeats 3] [--repeats-override upernet_swin_l=2]
         [--json OUT.json [--resume]]
 
-Models (the paper's), each built through the project's own config -> model path
-(`config_lib.base_config()` -> `train_state.make_state_factory`) and trained with the real jitted
-train step of `msc_seg/train_step.py` (CE + aux CE where the model has an aux head + 0.1 x MS+CS
-contrastive loss, `train.contrastive_kwargs`):
+Models (the paper's), each built through the project's own config -> run path
+(`experiment.build_train_parts`: the model, optimizer, objective and the real jitted train step of
+`msc_seg/train_step.py`; CE + aux CE where the model has an aux head + 0.1 x MS+CS contrastive):
   deeplabv3        DeepLabV3-ResNet101, output stride 8, contrastive taps layer1 + layer4
                    (S = 2, within-scale weights 1.0 / 0.7), SGD
   hrnet            HRNet-W48 (4 taps), SGD
@@ -89,18 +88,17 @@ def make_benchmark_config(case: ModelCase, batch: int, size: int, dtype: str):
     position tables, drop path 0.3, 0.4 aux CE). CNNs (DeepLabV3, HRNet, OCRNet):
     `_cnn_recipe`. All: contrastive weight 0.1, tau 0.1, the first S of the weights 1/0.7/0.4/0.1.
     """
-    from msc_seg import config_lib
-
     c = load_ade20k_upernet(case.backbone) if case.name == "upernet" else _cnn_recipe(case)
     c.batch_size = batch
     c.dataset.name = "ade20k"
-    c.dataset.crop_size = (size, size)
+    c.dataset.train.crop_size = (size, size)
     c.mesh.data = 1
     c.model.dtype = dtype
     cc = c.loss.contrastive
     cc.weight = 0.1
     cc.temperature = 0.1
-    cc.scale_weights = SCALE_WEIGHTS[: config_lib.model_num_scales(c.model)]
+    num_scales = len(c.model.taps) if c.model.name == "deeplabv3" else 4
+    cc.scale_weights = SCALE_WEIGHTS[:num_scales]
     # The reference's per-GPU group is 4 images; a smaller batch is one group.
     cc.images_per_group = 4 if batch % 4 == 0 else batch
     return c
@@ -117,26 +115,14 @@ def load_ade20k_upernet(backbone: str):
 
 
 def _cnn_recipe(case: ModelCase):
-    """spec/method.md section 12 (HRNet / HRNet-OCR configs): SGD momentum 0.9, lr 0.01, weight
-    decay 5e-4 on every parameter, poly 0.9 without warm-up, align_corners=True, OCR dropout 0;
+    """The released HRNet-OCR ADE20K recipe (recipes.py) with the case's CNN: SGD momentum 0.9,
+    poly 0.9 without warm-up, decay on every parameter, align_corners=True, OCR dropout 0;
     DeepLabV3 at output stride 8 with taps layer1 + layer4 (the reference's default)."""
-    from msc_seg import config_lib
+    from msc_seg import recipes
 
-    c = config_lib.base_config()
-    c.model.name = case.name
+    block = {"hrnet": "hrnet", "ocrnet": "ocrnet_hrnet", "deeplabv3": "deeplabv3"}[case.name]
+    c = recipes.paper_config(block, "ade20k", None)
     c.model.backbone = case.backbone
-    c.model.align_corners = True
-    c.model.output_stride = 8
-    c.model.taps = ("layer1", "layer4")
-    c.model.dropout = 0.0
-    c.loss.aux_weight = 0.4  # used by OCRNet only: DeepLabV3 and HRNet have no aux head
-    c.optimizer.name = "sgd"
-    c.optimizer.learning_rate = 0.01
-    c.optimizer.momentum = 0.9
-    c.optimizer.weight_decay = 5e-4
-    c.optimizer.no_decay_patterns = ()
-    c.schedule.warmup_steps = 0
-    c.schedule.poly_power = 0.9
     return c
 
 
@@ -214,14 +200,16 @@ def time_forward(model_def, state, images, warmup: int, repeats: int) -> dict:
     """Inference (train=False, logits only): compile seconds and per-call seconds."""
     import jax
 
-    def forward(params, rest, images):
-        return model_def.merge(params, rest)(images, train=False).logits
+    def forward(params, batch_stats, images):
+        return model_def.merge(params, batch_stats)(images, train=False).logits
 
-    compiled, stats = compile_timed(jax.jit(forward), state.params, state.rest, images, what="fwd")
+    compiled, stats = compile_timed(
+        jax.jit(forward), state.params, state.batch_stats, images, what="fwd"
+    )
     times = []
     for i in range(warmup + repeats):
         t = time.perf_counter()
-        jax.block_until_ready(compiled(state.params, state.rest, images))
+        jax.block_until_ready(compiled(state.params, state.batch_stats, images))
         elapsed = time.perf_counter() - t
         if i >= warmup:
             times.append(elapsed)
@@ -229,25 +217,14 @@ def time_forward(model_def, state, images, warmup: int, repeats: int) -> dict:
     return stats | {"fwd_times_s": times}
 
 
-def time_train(config, model_def, tx_builder, state, batch, warmup: int, repeats: int, save):
-    """The real jitted train step: compile seconds, per-step seconds, the last loss, XLA plan.
-    `save(partial)` is called once compiled (a child killed while stepping keeps the compile)."""
+def time_train(config, parts, state, batch, warmup: int, repeats: int, save):
+    """The real jitted train step (experiment.build_train_parts): compile seconds, per-step
+    seconds, the last loss, XLA plan. `save(partial)` is called once compiled (a child killed
+    while stepping keeps the compile)."""
     import jax
 
-    from msc_seg.train import contrastive_kwargs
-    from msc_seg.train_step import make_train_step
-
-    step_fn = make_train_step(
-        model_def,
-        tx_builder(state.params),
-        tx_builder.schedule,
-        aux_weight=config.loss.aux_weight,
-        class_weights=tuple(config.loss.class_weights),
-        contrastive_weight=config.loss.contrastive.weight,
-        contrastive_kwargs=contrastive_kwargs(config, NUM_CLASSES),
-    )
     key = jax.random.key(config.seed)
-    jitted = jax.jit(step_fn, donate_argnums=(0,))
+    jitted = parts.train_step
     compiled, stats = compile_timed(jitted, state, batch, key, what="train")
     stats["xla_train_plan_bytes"] = planned_bytes(compiled)
     save(stats | {"phase": "train step (compiled)"})
@@ -273,21 +250,21 @@ def benchmark_one_model(name: str, args, save) -> dict:
     running), so that a child killed for memory in the train step still reports its forward."""
     import jax
 
-    from msc_seg import config_lib
+    from msc_seg import experiment
     from msc_seg import mesh as mesh_lib
-    from msc_seg.train_state import count_params, make_state_factory, make_tx_builder
+    from msc_seg.train_state import count_params
 
     case = MODELS[name]
     config = make_benchmark_config(case, args.batch, args.size, args.dtype)
-    config_lib.validate(config, config_lib.RuntimeFacts(jax.device_count(), jax.process_count()))
+    experiment.validate(config, experiment.runtime_facts(), check_model=False)
     mesh = mesh_lib.make_mesh(config.mesh.data)
     batch = mesh_lib.host_batch_to_global(make_synthetic_batch(args.batch, args.size), mesh)
     rss_after_imports = peak_host_rss_bytes()
 
-    tx_builder = make_tx_builder(config)
     t = time.perf_counter()
-    model_def, create_state, _ = make_state_factory(config, NUM_CLASSES, mesh, tx_builder)
-    state = jax.block_until_ready(create_state())
+    parts = experiment.build_train_parts(config, NUM_CLASSES, mesh)
+    model_def = parts.model_def
+    state = jax.block_until_ready(parts.create_state())
     init_s = time.perf_counter() - t
     result = {
         "model": name,
@@ -306,9 +283,7 @@ def benchmark_one_model(name: str, args, save) -> dict:
     result |= time_forward(model_def, state, batch["image"], args.warmup, args.repeats)
     result |= {"phase": "train step (compiling)"}
     save(result)
-    result |= time_train(
-        config, model_def, tx_builder, state, batch, args.warmup, args.repeats, save
-    )
+    result |= time_train(config, parts, state, batch, args.warmup, args.repeats, save)
     result["peak_host_rss_bytes"] = peak_host_rss_bytes()
     result["device_peak_bytes"] = device_peak_bytes()
     result["phase"] = "done"

@@ -32,11 +32,9 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from msc_seg import experiment  # noqa: E402
 from msc_seg import mesh as mesh_lib  # noqa: E402
 from msc_seg.data import pipeline, registry, transforms  # noqa: E402
-from msc_seg.train import contrastive_kwargs  # noqa: E402
-from msc_seg.train_state import make_state_factory, make_tx_builder  # noqa: E402
-from msc_seg.train_step import make_train_step  # noqa: E402
 
 
 def load_config(name, arg=None):
@@ -49,20 +47,9 @@ def load_config(name, arg=None):
 def time_train_step(config, num_classes, batch_np, steps):
     """-> (compile+first step seconds, median step seconds)."""
     mesh = mesh_lib.make_mesh(config.mesh.data)
-    txb = make_tx_builder(config)
-    model_def, create, _ = make_state_factory(config, num_classes, mesh, txb)
-    state = create()
-    step = jax.jit(
-        make_train_step(
-            model_def,
-            txb(state.params),
-            txb.schedule,
-            aux_weight=config.loss.aux_weight,
-            contrastive_weight=config.loss.contrastive.weight,
-            contrastive_kwargs=contrastive_kwargs(config, num_classes),
-        ),
-        donate_argnums=(0,),
-    )
+    parts = experiment.build_train_parts(config, num_classes, mesh)
+    state = parts.create_state()
+    step = parts.train_step
     batch = mesh_lib.host_batch_to_global(batch_np, mesh)
     key = jax.random.key(0)
     t = time.perf_counter()
@@ -115,7 +102,7 @@ def bench_demo(args):
         spec,
         data_dir=data_dir,
         batch_size=config.batch_size,
-        crop_size=tuple(config.dataset.crop_size),
+        crop_size=tuple(config.dataset.train.crop_size),
         seed=0,
     )
     batch = next(it)
