@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from msc_seg import mesh as mesh_lib  # noqa: E402
-from msc_seg.data import pipeline, registry, transforms  # noqa: E402
+from msc_seg.data import builders, pipeline, registry, transforms  # noqa: E402
 from msc_seg.train import contrastive_kwargs  # noqa: E402
 from msc_seg.train_state import make_state_factory, make_tx_builder  # noqa: E402
 from msc_seg.train_step import make_train_step  # noqa: E402
@@ -110,7 +110,7 @@ def bench_demo(args):
     config.mesh.data = 1
     spec = registry.get_dataset_spec("demo")
     data_dir = tempfile.mkdtemp(prefix="bench_tfds_")
-    pipeline.prepare_dataset(spec, data_dir)
+    builders.prepare_dataset(spec, data_dir)
     it = pipeline.make_train_iterator(
         spec,
         data_dir=data_dir,
