@@ -34,7 +34,7 @@ import tensorflow as tf  # noqa: E402
 
 from msc_seg import experiment  # noqa: E402
 from msc_seg import mesh as mesh_lib  # noqa: E402
-from msc_seg.data import pipeline, registry, transforms  # noqa: E402
+from msc_seg.data import builders, pipeline, registry, transforms  # noqa: E402
 
 
 def load_config(name, arg=None):
@@ -97,7 +97,7 @@ def bench_demo(args):
     config.mesh.data = 1
     spec = registry.get_dataset_spec("demo")
     data_dir = tempfile.mkdtemp(prefix="bench_tfds_")
-    pipeline.prepare_dataset(spec, data_dir)
+    builders.prepare_dataset(spec, data_dir)
     it = pipeline.make_train_iterator(
         spec,
         data_dir=data_dir,

@@ -13,12 +13,9 @@ from PIL import Image
 
 from msc_seg import inference, metrics, reporting
 from msc_seg import mesh as mesh_lib
+from msc_seg.data import conventions
+from msc_seg.data.conventions import PAD_VALUE
 from msc_seg.train_state import ModelDef, TrainState
-
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
-# The eval pipeline pads images with raw 0 before normalising; rescaled canvases use the same.
-PAD_VALUE = -IMAGENET_MEAN / IMAGENET_STD
 
 
 def predict_scores(
@@ -84,7 +81,7 @@ def make_eval_step(
 
 
 def _denormalize(images: np.ndarray) -> np.ndarray:
-    return np.clip((images * IMAGENET_STD + IMAGENET_MEAN) * 255.0, 0, 255).astype(np.uint8)
+    return conventions.denormalize(images)
 
 
 def _images_on_label_grid(batch: dict, n: int) -> np.ndarray:

@@ -65,12 +65,12 @@ def resolve_data_dir(config: ml_collections.ConfigDict) -> str:
 
 def dataset_spec(config: ml_collections.ConfigDict):
     """The registry's DatasetSpec of `dataset.name` (registering `dataset.spec_file` first)."""
-    from msc_seg.data import registry
+    from msc_seg.data import registry, user_datasets
 
     d = config.dataset
     if d.spec_file:
         try:
-            described = registry.register_dataset_file(d.spec_file).name
+            described = user_datasets.register_dataset_file(d.spec_file).name
         except ValueError as e:
             raise config_lib._err("dataset.spec_file", d.spec_file, str(e)) from None
         if described != d.name:
@@ -468,9 +468,9 @@ def build(config: ml_collections.ConfigDict, workdir, *, mode: str) -> Experimen
             checkpointing.check_workdir_config(workdir, current, what="--config")
     data_dir = resolve_data_dir(config)
     if mode != "predict":
-        from msc_seg.data import pipeline
+        from msc_seg.data import builders
 
-        pipeline.prepare_dataset(spec, data_dir)
+        builders.prepare_dataset(spec, data_dir)
     eval_step = make_eval_step(config, parts.model_def, spec.num_classes)
     checkpointer = (
         checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)

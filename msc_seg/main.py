@@ -99,10 +99,10 @@ def main(argv) -> None:
     if not FLAGS["verbosity"].present:
         # Progress lines and tables are printed; library INFO logs (orbax, clu) only with -v 0.
         logging.set_verbosity(logging.WARNING)
-    # Importing the pipeline hides GPUs/TPUs from TensorFlow (tf.data only) before any TF op.
-    import jax
+    from msc_seg.data import builders, conventions
 
-    from msc_seg.data import pipeline
+    conventions.hide_accelerators_from_tensorflow()  # tf.data only: before any TF op runs
+    import jax
 
     if _wants_distributed():
         jax.distributed.initialize()
@@ -127,7 +127,7 @@ def main(argv) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except Exception as e:  # data-preparation errors carry instructions: show them plainly
-        if isinstance(e, pipeline.DatasetNotPreparedError):
+        if isinstance(e, builders.DatasetNotPreparedError):
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
         raise

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-IGNORE_LABEL = -1
+from msc_seg.data.conventions import IGNORE_LABEL as IGNORE_LABEL  # re-exported
 
 
 def confusion_matrix(pred: jax.Array, label: jax.Array, num_classes: int) -> jax.Array:

@@ -29,7 +29,7 @@ from PIL import Image
 
 from msc_seg import evaluate, inference, reporting
 from msc_seg import mesh as mesh_lib
-from msc_seg.data import pipeline
+from msc_seg.data import conventions, transforms
 from msc_seg.train_state import ModelDef
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -95,12 +95,6 @@ def canvas_shape(hw: tuple[int, int], pad_shape: tuple[int, int]) -> tuple[int, 
     return h, w
 
 
-def normalize(image: np.ndarray) -> np.ndarray:
-    """Raw 0..255 [...,3] -> float32 (x / 255 - ImageNet mean) / std (as the eval pipeline)."""
-    x = np.asarray(image, np.float32) / np.float32(255.0)
-    return (x - evaluate.IMAGENET_MEAN) / evaluate.IMAGENET_STD
-
-
 @dataclasses.dataclass
 class Example:
     """One image ready for the model: `image` normalised [h,w,3] (resized as in evaluation)."""
@@ -122,15 +116,15 @@ def prepare_example(
     index: int, rgb: np.ndarray, resize_short_side: int = 0, resize_long_side: int = 0
 ) -> Example:
     """Resizes (short / long side, 0 = off, as the eval pipeline) and normalises."""
-    resized = pipeline.resize_for_eval(rgb, resize_short_side or None, resize_long_side or None)
-    return Example(index, rgb, normalize(np.asarray(resized)))
+    resized = transforms.resize_for_eval(rgb, resize_short_side or None, resize_long_side or None)
+    return Example(index, rgb, conventions.normalize(np.asarray(resized)))
 
 
 def stack_batch(examples: list[Example], batch_size: int, in_shape: tuple[int, int]) -> dict:
     """Pads examples to their canvases and fills the batch up to batch_size with copies of the
     first (their results are dropped) -> 'image' [B,*in_shape,3], 'image_hw', 'out_hw' [B,2]."""
     rows = examples + [examples[0]] * (batch_size - len(examples))
-    images = np.broadcast_to(evaluate.PAD_VALUE, (len(rows), *in_shape, 3)).copy()
+    images = np.broadcast_to(conventions.PAD_VALUE, (len(rows), *in_shape, 3)).copy()
     for i, ex in enumerate(rows):
         images[i, : ex.image_hw[0], : ex.image_hw[1]] = ex.image
     return {

@@ -8,9 +8,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from msc_seg.data import demo_builder, pipeline
+from msc_seg.data import builders, demo_builder, pipeline
+from msc_seg.data.conventions import IGNORE_LABEL
 from msc_seg.data.folder_builder import FolderDatasetError
-from msc_seg.data.registry import IGNORE_LABEL, DatasetSpec, get_dataset_spec
+from msc_seg.data.registry import DatasetSpec, get_dataset_spec
 
 DEMO = get_dataset_spec("demo")
 
@@ -18,7 +19,7 @@ DEMO = get_dataset_spec("demo")
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory):
     data_dir = str(tmp_path_factory.mktemp("tfds_demo"))
-    pipeline.prepare_dataset(DEMO, data_dir)
+    builders.prepare_dataset(DEMO, data_dir)
     return data_dir
 
 
@@ -91,8 +92,8 @@ def test_ade20k_samples_build_as_folder_dataset_with_shifted_labels(shared_dir, 
                 (root / sub / split / (stem + suffix)).symlink_to(src)
     ade = get_dataset_spec("ade20k")
     data_dir = str(tmp_path / "tfds")
-    pipeline.prepare_dataset(ade, data_dir, root=str(root))
-    assert pipeline.split_sizes(ade, data_dir) == {"train": 2, "validation": 1}
+    builders.prepare_dataset(ade, data_dir, root=str(root))
+    assert builders.split_sizes(ade, data_dir) == {"train": 2, "validation": 1}
     ds = pipeline.load_split(ade, data_dir, "validation", shuffle_files=False, seed=None)
     label = next(ds.as_numpy_iterator())["label"]
     raw = np.asarray(Image.open(folder / "labels" / "ADE_val_00000003.png")).astype(np.int32)
@@ -104,7 +105,7 @@ def test_ade20k_samples_build_as_folder_dataset_with_shifted_labels(shared_dir, 
 
 
 def test_demo_builds_with_split_sizes_all_classes_and_some_ignore(demo_dir):
-    assert pipeline.split_sizes(DEMO, demo_dir) == {"train": 400, "validation": 100}
+    assert builders.split_sizes(DEMO, demo_dir) == {"train": 400, "validation": 100}
     labels = _all_labels(demo_dir, "train")
     assert labels.shape == (400, 128, 128)
     present = set(np.unique(labels).tolist())
@@ -140,14 +141,14 @@ def test_demo_validation_scenes_differ_from_train_scenes(demo_dir):
 
 
 def test_missing_demo_dataset_raises_not_prepared_with_build_command(tmp_path):
-    with pytest.raises(pipeline.DatasetNotPreparedError) as info:
+    with pytest.raises(builders.DatasetNotPreparedError) as info:
         pipeline.load_split(DEMO, str(tmp_path), "train", shuffle_files=False, seed=None)
     assert f"python -m msc_seg.data.prepare --dataset=demo --data_dir={tmp_path}" in str(info.value)
 
 
 def test_folder_dataset_without_root_raises_not_prepared_with_download_hint(tmp_path):
-    with pytest.raises(pipeline.DatasetNotPreparedError) as info:
-        pipeline.prepare_dataset(get_dataset_spec("ade20k"), str(tmp_path))
+    with pytest.raises(builders.DatasetNotPreparedError) as info:
+        builders.prepare_dataset(get_dataset_spec("ade20k"), str(tmp_path))
     message = str(info.value)
     assert "ADEChallengeData2016.zip" in message and "--dataset=ade20k" in message
     assert "--root=" in message
@@ -159,11 +160,11 @@ def test_catalog_tfds_dataset_not_built_raises_with_tfds_build_command(tmp_path)
         source="tfds",
     )  # fmt: skip
     with pytest.raises(
-        pipeline.DatasetNotPreparedError, match=f"tfds build mnist --data_dir={tmp_path}"
+        builders.DatasetNotPreparedError, match=f"tfds build mnist --data_dir={tmp_path}"
     ):
         pipeline.load_split(spec, str(tmp_path), "train", shuffle_files=False, seed=None)
-    with pytest.raises(pipeline.DatasetNotPreparedError, match="tfds build mnist"):
-        pipeline.prepare_dataset(spec, str(tmp_path))
+    with pytest.raises(builders.DatasetNotPreparedError, match="tfds build mnist"):
+        builders.prepare_dataset(spec, str(tmp_path))
 
 
 def test_unknown_split_raises_listing_available_splits(demo_dir):
@@ -351,8 +352,8 @@ def test_folder_builder_builds_discovered_splits_and_decodes_labels(tmp_path):
     _write_pair(root, "val", "b0", size=(7, 9))
     spec = _folder_spec()
     data_dir = str(tmp_path / "tfds")
-    pipeline.prepare_dataset(spec, data_dir, root=str(root))
-    assert pipeline.split_sizes(spec, data_dir) == {"train": 2, "val": 1}
+    builders.prepare_dataset(spec, data_dir, root=str(root))
+    assert builders.split_sizes(spec, data_dir) == {"train": 2, "val": 1}
     ds = pipeline.load_split(spec, data_dir, "train", shuffle_files=False, seed=None)
     labels = [ex["label"] for ex in ds.as_numpy_iterator()]
     expected = np.where(ids == 3, IGNORE_LABEL, ids.astype(np.int32))
@@ -366,8 +367,8 @@ def test_folder_builder_renames_split_folders_like_ade20k(tmp_path):
     _write_pair(root, "validation", "b0")
     spec = dataclasses.replace(_folder_spec("renamed"), split_folders=(("training", "train"),))
     data_dir = str(tmp_path / "tfds")
-    pipeline.prepare_dataset(spec, data_dir, root=str(root))
-    assert pipeline.split_sizes(spec, data_dir) == {"train": 1, "validation": 1}
+    builders.prepare_dataset(spec, data_dir, root=str(root))
+    assert builders.split_sizes(spec, data_dir) == {"train": 1, "validation": 1}
 
 
 def test_folder_builder_names_unpaired_files(tmp_path):
@@ -376,7 +377,7 @@ def test_folder_builder_names_unpaired_files(tmp_path):
     _write_pair(root, "train", "lonely")
     (root / "labels" / "train" / "lonely.png").unlink()
     with pytest.raises(FolderDatasetError, match=r"Images without a label: .*lonely\.png"):
-        pipeline.prepare_dataset(_folder_spec(), str(tmp_path / "tfds"), root=str(root))
+        builders.prepare_dataset(_folder_spec(), str(tmp_path / "tfds"), root=str(root))
 
 
 def test_folder_builder_names_corrupt_image(tmp_path):
@@ -386,7 +387,7 @@ def test_folder_builder_names_corrupt_image(tmp_path):
     path = root / "images" / "train" / "broken.png"
     path.write_bytes(path.read_bytes()[:60])  # truncated file
     with pytest.raises(FolderDatasetError, match=r"cannot read image .*broken\.png"):
-        pipeline.prepare_dataset(_folder_spec(), str(tmp_path / "tfds"), root=str(root))
+        builders.prepare_dataset(_folder_spec(), str(tmp_path / "tfds"), root=str(root))
 
 
 def test_folder_builder_names_label_with_wrong_size(tmp_path):
@@ -396,7 +397,7 @@ def test_folder_builder_names_label_with_wrong_size(tmp_path):
     with pytest.raises(
         FolderDatasetError, match=r"odd\.png is 10x11 \(HxW\) but image .*odd\.png is 10x12"
     ):
-        pipeline.prepare_dataset(_folder_spec(), str(tmp_path / "tfds"), root=str(root))
+        builders.prepare_dataset(_folder_spec(), str(tmp_path / "tfds"), root=str(root))
 
 
 def test_folder_builder_rejects_colour_labels(tmp_path):
@@ -404,7 +405,7 @@ def test_folder_builder_rejects_colour_labels(tmp_path):
     _write_pair(root, "train", "a0")
     Image.new("RGB", (12, 10)).save(root / "labels" / "train" / "a0.png")
     with pytest.raises(FolderDatasetError, match=r"a0\.png has mode 'RGB'"):
-        pipeline.prepare_dataset(_folder_spec(), str(tmp_path / "tfds"), root=str(root))
+        builders.prepare_dataset(_folder_spec(), str(tmp_path / "tfds"), root=str(root))
 
 
 def test_label_image_size_mismatch_at_read_time_names_dataset_and_split(tmp_path):
@@ -412,8 +413,8 @@ def test_label_image_size_mismatch_at_read_time_names_dataset_and_split(tmp_path
     _write_pair(root, "train", "a0")
     spec = _folder_spec()
     data_dir = str(tmp_path / "tfds")
-    pipeline.prepare_dataset(spec, data_dir, root=str(root))
-    builder = pipeline.make_builder(spec, data_dir)
+    builders.prepare_dataset(spec, data_dir, root=str(root))
+    builder = builders.make_builder(spec, data_dir)
     decode = pipeline._make_decoder(builder, spec, "train")
     example = {
         "image": tf.io.encode_png(tf.zeros([4, 5, 3], tf.uint8)),

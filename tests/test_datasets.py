@@ -14,9 +14,10 @@ from PIL import Image
 from tensorflow_datasets.core import naming
 
 from msc_seg import config_lib
-from msc_seg.data import pipeline, prepare, registry
+from msc_seg.data import builders, pipeline, prepare, user_datasets
+from msc_seg.data.conventions import IGNORE_LABEL
 from msc_seg.data.folder_builder import FolderDatasetError
-from msc_seg.data.registry import IGNORE_LABEL, DatasetSpec, get_dataset_spec
+from msc_seg.data.registry import DatasetSpec, get_dataset_spec
 
 # ---------------------------------------------------------------------------------------------
 # Independent restatements of the label conventions (numpy, from the sources' own tables).
@@ -112,7 +113,7 @@ def test_shift_by_one_datasets_ignore_zero_and_unknown_ids():
 
 def test_registering_a_different_spec_under_a_taken_name_fails():
     with pytest.raises(ValueError, match="'camvid' is already registered"):
-        registry.register_folder_dataset("camvid", ["a", "b"])
+        user_datasets.register_folder_dataset("camvid", ["a", "b"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,8 +159,8 @@ def test_cityscapes_folder_builds_splits_and_decodes_train_ids(tmp_path):
     raw = _cityscapes_tree(tmp_path / "cityscapes")
     spec = get_dataset_spec("cityscapes")
     data_dir = str(tmp_path / "tfds")
-    pipeline.prepare_dataset(spec, data_dir, root=str(tmp_path / "cityscapes"))
-    assert pipeline.split_sizes(spec, data_dir) == {"train": 2, "validation": 1, "test": 1}
+    builders.prepare_dataset(spec, data_dir, root=str(tmp_path / "cityscapes"))
+    assert builders.split_sizes(spec, data_dir) == {"train": 2, "validation": 1, "test": 1}
     decoded = _labels_by_example(spec, data_dir, "train")
     assert sorted(decoded) == [0, 1]
     for i, label in decoded.items():
@@ -173,7 +174,7 @@ def test_cityscapes_unpaired_image_is_named(tmp_path):
     )
     lonely.unlink()
     with pytest.raises(FolderDatasetError, match=r"Images without a label: .*bonn_000001_000019"):
-        pipeline.prepare_dataset(
+        builders.prepare_dataset(
             get_dataset_spec("cityscapes"), str(tmp_path / "tfds"), root=str(tmp_path / "cs")
         )
 
@@ -203,8 +204,8 @@ def test_pascal_context_builds_listed_images_and_shifts_labels(tmp_path):
     spec = get_dataset_spec("pascal_context")
     data_dir = str(tmp_path / "tfds")
     # The VOCdevkit folder above VOC2010 works as the root too.
-    pipeline.prepare_dataset(spec, data_dir, root=str(tmp_path / "VOCdevkit"))
-    assert pipeline.split_sizes(spec, data_dir) == {"train": 2, "validation": 1}
+    builders.prepare_dataset(spec, data_dir, root=str(tmp_path / "VOCdevkit"))
+    assert builders.split_sizes(spec, data_dir) == {"train": 2, "validation": 1}
     decoded = _labels_by_example(spec, data_dir, "train")
     assert sorted(decoded) == [0, 1]
     for i, label in decoded.items():
@@ -216,7 +217,7 @@ def test_pascal_context_missing_listed_file_names_the_list(tmp_path):
     root = tmp_path / "VOCdevkit" / "VOC2010"
     (root / "SegmentationClassContext" / "2008_000002.png").unlink()
     with pytest.raises(FolderDatasetError, match=r"val\.txt are missing: .*2008_000002\.png"):
-        pipeline.prepare_dataset(
+        builders.prepare_dataset(
             get_dataset_spec("pascal_context"), str(tmp_path / "tfds"), root=str(root)
         )
 
@@ -241,7 +242,7 @@ def cadis_build(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cadis")
     raw = _cadis_tree(tmp / "CaDIS")
     data_dir = str(tmp / "tfds")
-    pipeline.prepare_dataset(get_dataset_spec("cadis_exp1"), data_dir, root=str(tmp / "CaDIS"))
+    builders.prepare_dataset(get_dataset_spec("cadis_exp1"), data_dir, root=str(tmp / "CaDIS"))
     return data_dir, raw
 
 
@@ -250,7 +251,7 @@ def test_cadis_one_build_serves_all_three_experiments(cadis_build):
     for exp, remap in CADIS_REMAPS.items():
         spec = get_dataset_spec(f"cadis_exp{exp}")
         # Experiments 2 and 3 read the build of experiment 1: nothing to prepare again.
-        assert pipeline.split_sizes(spec, data_dir) == {"train": 2, "validation": 1, "test": 1}
+        assert builders.split_sizes(spec, data_dir) == {"train": 2, "validation": 1, "test": 1}
         for split, indices in (("train", [0, 1]), ("validation", [2]), ("test", [3])):
             decoded = _labels_by_example(spec, data_dir, split)
             assert sorted(decoded) == indices
@@ -272,7 +273,7 @@ def test_cadis_split_expression_reads_validation_and_test_together(cadis_build):
 def test_cadis_split_without_videos_is_an_empty_split_error(tmp_path):
     _cadis_tree(tmp_path / "CaDIS", videos=(("Video1", 1), ("Video02", 1)))
     with pytest.raises(FolderDatasetError, match=r"none of the validation videos \[5, 7, 16\]"):
-        pipeline.prepare_dataset(
+        builders.prepare_dataset(
             get_dataset_spec("cadis_exp3"), str(tmp_path / "tfds"), root=str(tmp_path / "CaDIS")
         )
 
@@ -312,7 +313,7 @@ def test_unknown_label_ids_error_names_file_ids_and_the_option(tmp_path):
         {"train": {"ok": _ids(0, 1, 2, 3), "bad": _ids(0, 7, 9, 9)}, "val": {"v": _ids(1, 1)}},
     )
     with pytest.raises(FolderDatasetError) as info:
-        pipeline.prepare_dataset(
+        builders.prepare_dataset(
             _abc_spec("unknown_ids"), str(tmp_path / "t"), root=str(tmp_path / "src")
         )
     message = str(info.value)
@@ -324,7 +325,7 @@ def test_unknown_label_ids_error_names_file_ids_and_the_option(tmp_path):
 def test_unknown_label_ids_ignore_option_reads_them_as_ignore(tmp_path):
     _folder_tree(tmp_path / "src", {"train": {"bad": _ids(0, 7, 2, 3)}})
     spec, data_dir = _abc_spec("unknown_ids_ignored"), str(tmp_path / "t")
-    pipeline.prepare_dataset(spec, data_dir, root=str(tmp_path / "src"), unknown_label_ids="ignore")
+    builders.prepare_dataset(spec, data_dir, root=str(tmp_path / "src"), unknown_label_ids="ignore")
     (label,) = _labels_by_example(spec, data_dir, "train").values()
     np.testing.assert_array_equal(label, [[0, IGNORE_LABEL], [2, IGNORE_LABEL]])
 
@@ -334,7 +335,7 @@ def test_empty_split_folder_is_named(tmp_path):
     (tmp_path / "src" / "images" / "val").mkdir()
     (tmp_path / "src" / "labels" / "val").mkdir()
     with pytest.raises(FolderDatasetError, match=r"no images in .*images/val \(an empty split\)"):
-        pipeline.prepare_dataset(
+        builders.prepare_dataset(
             _abc_spec("empty"), str(tmp_path / "t"), root=str(tmp_path / "src")
         )
 
@@ -344,7 +345,7 @@ def test_corrupt_label_is_named(tmp_path):
     label = tmp_path / "src" / "labels" / "train" / "b.png"
     label.write_bytes(label.read_bytes()[:40])
     with pytest.raises(FolderDatasetError, match=r"cannot read label .*b\.png"):
-        pipeline.prepare_dataset(
+        builders.prepare_dataset(
             _abc_spec("corrupt"), str(tmp_path / "t"), root=str(tmp_path / "src")
         )
 
@@ -368,25 +369,27 @@ def _write_dataset_file(path, name):
 
 
 def test_palette_labels_map_colours_to_classes_and_ignore(tmp_path):
-    spec = registry.register_dataset_file(_write_dataset_file(tmp_path / "d.json", "roads_rgb"))
+    spec = user_datasets.register_dataset_file(
+        _write_dataset_file(tmp_path / "d.json", "roads_rgb")
+    )
     assert spec.class_names == ("road", "car") and spec.eval_split == "val"
     _folder_tree(tmp_path / "src", {"train": {"x": _colour_label(ROAD, CAR, VOID, CAR)}})
     data_dir = str(tmp_path / "t")
-    pipeline.prepare_dataset(spec, data_dir, root=str(tmp_path / "src"))
+    builders.prepare_dataset(spec, data_dir, root=str(tmp_path / "src"))
     (label,) = _labels_by_example(spec, data_dir, "train").values()
     np.testing.assert_array_equal(label, [[0, 1], [IGNORE_LABEL, 1]])
 
 
 def test_palette_label_with_unknown_colour_names_file_and_colour(tmp_path):
-    spec = registry.register_folder_dataset(
+    spec = user_datasets.register_folder_dataset(
         "roads_rgb_strict", ["road", "car"], [ROAD, CAR], label_format="palette"
     )
     _folder_tree(tmp_path / "src", {"train": {"x": _colour_label(ROAD, (1, 2, 3), ROAD, CAR)}})
     with pytest.raises(FolderDatasetError, match=r"x\.png \(\(1, 2, 3\)\)") as info:
-        pipeline.prepare_dataset(spec, str(tmp_path / "t"), root=str(tmp_path / "src"))
+        builders.prepare_dataset(spec, str(tmp_path / "t"), root=str(tmp_path / "src"))
     assert "neither class colours nor ignore colours" in str(info.value)
     data_dir = str(tmp_path / "t2")
-    pipeline.prepare_dataset(spec, data_dir, root=str(tmp_path / "src"), unknown_label_ids="ignore")
+    builders.prepare_dataset(spec, data_dir, root=str(tmp_path / "src"), unknown_label_ids="ignore")
     (label,) = _labels_by_example(spec, data_dir, "train").values()
     np.testing.assert_array_equal(label, [[0, IGNORE_LABEL], [0, 1]])
 
@@ -397,7 +400,7 @@ def test_dataset_file_errors_name_the_file_and_key(tmp_path):
     with pytest.raises(
         ValueError, match=r"bad\.json: unknown keys \['clases'\]; missing keys \['classes'\]"
     ):
-        registry.register_dataset_file(path)
+        user_datasets.register_dataset_file(path)
 
 
 def test_config_spec_file_registers_the_dataset(tmp_path):
@@ -461,7 +464,7 @@ def test_scene_parse150_mock_reads_channel_zero_with_the_ade_convention(tmp_path
         for i, a in enumerate(annotations)
     ]
     with _mock_catalog(data_dir, examples):
-        assert pipeline.split_sizes(spec, data_dir) == {"train": 2, "test": 1}
+        assert builders.split_sizes(spec, data_dir) == {"train": 2, "test": 1}
         decoded = _labels_by_example(spec, data_dir, "train")
     for i, label in decoded.items():
         np.testing.assert_array_equal(label, np_shift_by_one(annotations[i][..., 0], 150))
@@ -555,13 +558,13 @@ def camvid_dir(shared_dir, tmp_path_factory):
     if not root.is_dir():
         pytest.skip(f"CamVid not available at {root}")
     data_dir = str(tmp_path_factory.mktemp("tfds_camvid"))
-    pipeline.prepare_dataset(get_dataset_spec("camvid"), data_dir, root=str(root))
+    builders.prepare_dataset(get_dataset_spec("camvid"), data_dir, root=str(root))
     return data_dir
 
 
 def test_camvid_builds_with_reference_split_sizes(camvid_dir):
     spec = get_dataset_spec("camvid")
-    assert pipeline.split_sizes(spec, camvid_dir) == {"train": 367, "val": 101, "test": 233}
+    assert builders.split_sizes(spec, camvid_dir) == {"train": 367, "val": 101, "test": 233}
     ds = pipeline.load_split(spec, camvid_dir, "val", shuffle_files=False, seed=None)
     example = next(ds.as_numpy_iterator())
     assert example["image"].shape == (360, 480, 3) and example["label"].shape == (360, 480)

@@ -12,7 +12,7 @@ from PIL import Image
 
 from msc_seg import checkpointing, config_lib, evaluate, experiment, modes, predict
 from msc_seg import mesh as mesh_lib
-from msc_seg.data import registry
+from msc_seg.data import conventions, registry
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEMO = registry.get_dataset_spec("demo")
@@ -92,8 +92,8 @@ def test_predict_writes_mask_overlay_and_ids_at_each_image_size(trained, tmp_pat
     # The ids are the eval protocol's argmax on the normalised, padded image (wide.png: one
     # example, checked against the evaluation code path without the predict plumbing).
     rgb = np.asarray(Image.open(tmp_path / "in" / "wide.png"))
-    image = np.broadcast_to(evaluate.PAD_VALUE, (8, 128, 128, 3)).copy()
-    image[:, :40, :50] = predict.normalize(rgb)
+    image = np.broadcast_to(conventions.PAD_VALUE, (8, 128, 128, 3)).copy()
+    image[:, :40, :50] = conventions.normalize(rgb)
     hw = np.tile(np.array([[40, 50]], np.int32), (8, 1))
     model_def = experiment.build_train_parts(
         config, DEMO.num_classes, mesh_lib.make_mesh(-1)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from msc_seg import checkpointing, config_lib, experiment, modes, train
-from msc_seg.data import pipeline, registry
+from msc_seg.data import builders, pipeline, registry
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -22,7 +22,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("tfds")
-    pipeline.prepare_dataset(registry.get_dataset_spec("demo"), str(d))
+    builders.prepare_dataset(registry.get_dataset_spec("demo"), str(d))
     return str(d)
 
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from msc_seg.data import transforms
-from msc_seg.data.registry import IGNORE_LABEL
+from msc_seg.data import conventions, transforms
+from msc_seg.data.conventions import IGNORE_LABEL
 
 CROP = (40, 48)
 
@@ -192,8 +192,8 @@ def test_train_transforms_output_normalised_crop_with_original_label_values():
     )
     assert image_out.dtype == tf.float32 and image_out.shape == (*CROP, 3)
     assert set(np.unique(label_out.numpy())) <= set(np.unique(label)) | {IGNORE_LABEL}
-    lo = (0 - np.array(transforms.IMAGENET_MEAN)) / np.array(transforms.IMAGENET_STD)
-    hi = (1 - np.array(transforms.IMAGENET_MEAN)) / np.array(transforms.IMAGENET_STD)
+    lo = (0 - np.array(conventions.IMAGENET_MEAN)) / np.array(conventions.IMAGENET_STD)
+    hi = (1 - np.array(conventions.IMAGENET_MEAN)) / np.array(conventions.IMAGENET_STD)
     assert np.all(image_out.numpy() >= lo - 1e-5) and np.all(image_out.numpy() <= hi + 1e-5)
 
 
@@ -228,12 +228,50 @@ def test_color_jitter_brightness_scales_pixels_like_torchvision(factor):
 
 def test_normalize_uses_imagenet_statistics():
     out = transforms.normalize(tf.constant([[[255.0, 0.0, 127.5]]]))
-    expected = (np.array([1.0, 0.0, 0.5]) - transforms.IMAGENET_MEAN) / transforms.IMAGENET_STD
+    expected = (np.array([1.0, 0.0, 0.5]) - conventions.IMAGENET_MEAN) / conventions.IMAGENET_STD
     np.testing.assert_allclose(out.numpy()[0, 0], expected, rtol=1e-5)
 
 
-def test_resize_short_side_keeps_aspect():
-    out = transforms.resize_short_side(tf.zeros([100, 150, 3]), 50)
+def test_numpy_and_tf_normalisation_agree_and_pad_value_is_normalised_black():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (5, 7, 3)).astype(np.uint8)
+    np.testing.assert_allclose(
+        conventions.normalize(image), transforms.normalize(image).numpy(), rtol=1e-6, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        conventions.PAD_VALUE, conventions.normalize(np.zeros(3, np.uint8)), rtol=1e-6
+    )
+    back = conventions.denormalize(conventions.normalize(image))  # truncates: off by <= 1
+    assert back.dtype == np.uint8 and np.abs(back.astype(int) - image).max() <= 1
+
+
+def test_resize_for_eval_short_side_keeps_aspect():
+    out = transforms.resize_for_eval(tf.zeros([100, 150, 3]), 50)
     assert tuple(out.shape) == (50, 75, 3)
-    out = transforms.resize_short_side(tf.zeros([90, 60, 3]), 40)
+    out = transforms.resize_for_eval(tf.zeros([90, 60, 3]), 40)
     assert tuple(out.shape) == (60, 40, 3)
+
+
+@pytest.mark.parametrize(
+    "hw, short, long, expected",
+    [
+        ((100, 150), None, None, (100, 150)),  # neither: unchanged
+        ((100, 150), 50, None, (50, 75)),  # short side -> 50
+        ((150, 100), None, 300, (300, 200)),  # long side -> 300
+        ((512, 1024), 512, 2048, (512, 1024)),  # both: short bound binds, size kept
+        ((500, 1500), 512, 1024, (341, 1024)),  # both: long bound binds (mmseg keep-ratio)
+        ((3, 5), 5, None, (5, 8)),  # 8.33 rounds to 8
+        ((2, 5), 3, None, (3, 8)),  # 7.5 rounds half up (mmcv), not to even
+    ],
+)
+def test_eval_resize_rule(hw, short, long, expected):
+    assert conventions.eval_resize_hw(*hw, short, long) == expected
+    out = transforms.resize_for_eval(tf.zeros([*hw, 3]), short, long)  # the TF path uses it
+    assert tuple(out.shape) == (*expected, 3)
+
+
+def test_resize_for_eval_inside_tf_data_matches_the_rule():
+    ds = tf.data.Dataset.from_tensor_slices(tf.zeros([2, 90, 60, 3], tf.uint8))
+    ds = ds.map(lambda x: tf.shape(transforms.resize_for_eval(x, 40, 50)))
+    assert [tuple(s) for s in ds.as_numpy_iterator()] == [(50, 33, 3)] * 2
+    assert conventions.eval_resize_hw(90, 60, 40, 50) == (50, 33)

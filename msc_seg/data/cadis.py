@@ -23,7 +23,7 @@ RAW_CLASS_NAMES = (
 )  # fmt: skip
 NUM_RAW_IDS = len(RAW_CLASS_NAMES)  # 36: raw ids 0..35
 
-# The paper's video split (spec section 13, the reference's CADIS.py DATA_SPLITS "split 5").
+# The paper's video split (the reference code's CADIS.py DATA_SPLITS "split 5").
 # The reference's "split 1" trains on the same videos and validates on validation + test.
 VIDEO_SPLITS = (
     ("train", (1, 3, 4, 6, 8, 9, 10, 11, 13, 14, 15, 17, 18, 19, 20, 21, 23, 24, 25)),

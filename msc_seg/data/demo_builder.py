@@ -26,10 +26,18 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
-IMAGE_SIZE = 128
-NUM_CLASSES = 8
-STORED_IGNORE = 255
-SKY, GROUND, BUILDING, WINDOW, BOULDER, PEBBLE, BIRD, HOLE = range(NUM_CLASSES)
+from msc_seg.data.demo import (
+    BIRD,
+    BOULDER,
+    BUILDING,
+    GROUND,
+    HOLE,
+    IMAGE_SIZE,
+    PEBBLE,
+    SKY,
+    STORED_IGNORE,
+    WINDOW,
+)
 
 # Split name -> stream id folded into the seed, so the splits never share a scene.
 _SPLIT_STREAMS = {"train": 1, "validation": 2}

@@ -27,12 +27,12 @@ import tensorflow_datasets as tfds
 from absl import logging
 from PIL import Image, UnidentifiedImageError
 
+from msc_seg.data.conventions import PALETTE_IGNORE_ID
 from msc_seg.data.layouts import FolderDatasetError, Pair, find_pairs, listing
 
 __all__ = ["FolderConfig", "FolderDatasetError", "MscSegFolder"]
 
 _LABEL_MODES = ("L", "P", "1", "I;16", "I")
-PALETTE_IGNORE_ID = 255  # stored id of ignore (and unknown) colours of palette labels
 UNKNOWN_LABEL_POLICIES = ("error", "ignore")
 LABEL_FORMATS = ("ids", "palette")
 

