@@ -1,6 +1,6 @@
 """The paper's ADE20K recipe: UPerNet + Swin, CE + 0.4 aux CE + 0.1 x (MS + CS) contrastive.
 
-Released config `upnswin_contrastive_ADE20K.json` (spec/method.md section 12): 512x512 crops, global
+Released config `upnswin_contrastive_ADE20K.json` (docs/METHOD.md §11.1): 512x512 crops, global
 batch 16 (4 images per reference GPU = one contrastive group), AdamW 6e-5, weight decay 0.01 with no
 decay on norms / position tables, 1500 linear warm-up steps from ratio 1e-6 then poly 1.0,
 160,401 steps, aux CE weight 0.4, contrastive weight 0.1 on the four FPN outputs. Validation:

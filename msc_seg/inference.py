@@ -5,7 +5,7 @@ bottom/right to a fixed canvas [B,H,W,3], and each example's valid size `image_h
 traced value, never a shape. The model is an `apply_fn(images [b,h,w,3]) -> logits [b,h,w,K]` (the
 segmentor's logits at the input resolution), so these functions know nothing of configs or models.
 
-Conventions (spec/method.md section 13, mmsegmentation):
+Conventions (docs/METHOD.md §12, mmsegmentation):
   * sliding windows follow mmseg's `slide_inference`: `n = max(ceil((size - window) / stride), 0)
     + 1` windows per axis, the last one aligned to the image end, logits averaged per pixel over
     the windows that cover it;

@@ -44,6 +44,15 @@ flags.DEFINE_string("images", None, "predict: folder of .jpg/.jpeg/.png images t
 flags.DEFINE_string("output", None, "predict: folder for NAME_mask/_overlay/_ids.png files.")
 flags.DEFINE_bool("recursive", False, "predict: also read the sub-folders of --images.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host runs).")
+flags.DEFINE_string(
+    "compile_cache",
+    "",
+    "Persistent compilation cache folder ('' = $MSC_SEG_COMPILE_CACHE or ~/.cache/msc_seg/jax; "
+    "'off' = no cache): a repeated or resumed run loads its compiled steps instead of compiling.",
+)
+flags.DEFINE_bool(
+    "xla_alarms", False, "Show XLA's 'Very slow compile?' alarms (hidden by default)."
+)
 
 
 def _wants_distributed() -> bool:
@@ -106,6 +115,10 @@ def main(argv) -> None:
 
     if _wants_distributed():
         jax.distributed.initialize()
+    if FLAGS.compile_cache != "off":
+        from msc_seg import compile_cache
+
+        compile_cache.enable(FLAGS.compile_cache or None)
 
     from msc_seg import checkpointing, modes, predict, train
     from msc_seg.errors import ConfigError
@@ -152,6 +165,10 @@ def refuse_renamed_overrides(argv: list[str]) -> None:
 
 def run() -> None:
     refuse_renamed_overrides(sys.argv)
+    if "--xla_alarms" not in sys.argv:
+        from msc_seg import compile_cache
+
+        compile_cache.quiet_xla_alarms()
     app.run(main)
 
 

@@ -4,7 +4,7 @@ Formulas (mmsegmentation `total_area_to_metrics`): IoU_c = TP / (TP + FP + FN),
 Acc_c = TP / (TP + FN),
 aAcc = sum TP / sum labelled pixels. A class absent from both label and prediction has IoU 0/0 = NaN
 and is left out of mIoU; a class absent from the labels has Acc NaN and is left out of mAcc.
-(The reference counts such classes as 0, spec/method.md section 13; we follow mmseg and say so.)
+(The reference counts such classes as 0; we follow mmseg, docs/METHOD.md §12.)
 """
 
 from __future__ import annotations

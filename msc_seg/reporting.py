@@ -15,7 +15,6 @@ import time
 import jax
 import numpy as np
 from absl import logging
-from clu import metric_writers
 
 
 def format_duration(seconds: float) -> str:
@@ -34,6 +33,8 @@ class Reporter:
     def __init__(self, workdir: str | pathlib.Path, total_steps: int, *, start_step: int = 0):
         self.workdir = pathlib.Path(workdir)
         self.is_main = jax.process_index() == 0
+        from clu import metric_writers  # TensorFlow's summary writer: only when a run logs
+
         self.writer = metric_writers.create_default_writer(
             str(self.workdir), just_logging=not self.is_main, asynchronous=True
         )

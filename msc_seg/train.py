@@ -11,7 +11,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from msc_seg import experiment, reporting
+from msc_seg import compile_cache, experiment, reporting
 from msc_seg import mesh as mesh_lib
 from msc_seg.train_state import count_params
 
@@ -67,6 +67,17 @@ def _raise_if_nonfinite(exp: experiment.Experiment, step: int, nonfinite) -> Non
         )
 
 
+def _program_key(exp: experiment.Experiment) -> str:
+    """What identifies the train step's compiled program across runs on one machine."""
+    c = exp.config
+    return (
+        f"train/{c.model.name}/{c.model.get('backbone', '-')}/{c.model.get('dtype', 'float32')}"
+        f"/crop{'x'.join(map(str, c.dataset.train.crop_size))}/batch{c.batch_size}"
+        f"/contrastive{int(c.loss.contrastive.weight > 0)}/{jax.devices()[0].device_kind}"
+        f"x{exp.mesh.size}"
+    )
+
+
 def _evaluate_and_keep_best(exp: experiment.Experiment, state, step: int) -> dict:
     results = exp.evaluate(state, step)
     results["step"] = step
@@ -103,8 +114,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         with _Preemption() as preemption:
             while step < c.total_steps:
                 batch = mesh_lib.host_batch_to_global(next(batches), exp.mesh)
-                state, metrics = exp.parts.train_step(state, batch, key)
+                first = pending is None
+                if first:  # the first step compiles (or loads) the program
+                    with compile_cache.Compilation("the train step", _program_key(exp)):
+                        state, metrics = exp.parts.train_step(state, batch, key)
+                        jax.block_until_ready(metrics)
+                else:
+                    state, metrics = exp.parts.train_step(state, batch, key)
                 step += 1
+                if first:  # steps/s and the ETA count the steps after the compile
+                    reporter.restart_clock(step)
                 if pending is not None:
                     _raise_if_nonfinite(exp, *pending)
                 pending = (step, metrics["nonfinite"])

@@ -22,7 +22,7 @@ from msc_seg.losses import (
 
 
 def dense_info_nce(za, ya, va, zb, yb, vb, temperature, exclude_self):
-    """spec/method.md sections 6 and 8 written out on full matrices (one group)."""
+    """docs/METHOD.md §7 and §8 written out on full matrices (one group)."""
     s = za @ zb.T / temperature
     same = ya[:, None] == yb[None, :]
     pos = same & vb[None, :]

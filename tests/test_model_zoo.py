@@ -242,7 +242,7 @@ def test_hrnet_fuse_step_with_bilinear_upsampling_matches_numpy():
 
 
 def test_hrnet_w48_parameter_paths_are_the_official_checkpoint_keys():
-    """Spec section 19: 1830 backbone keys in hrnetv2_w48_imagenet_pretrained.pth, 305 of them
+    """docs/METHOD.md §14: 1830 backbone keys in hrnetv2_w48_imagenet_pretrained.pth, 305 of them
     num_batches_tracked (one per BN), which has no flax twin."""
     model = build_abstract(lambda r: make_hrnet("hrnet_w48", rngs=r))
     keys = torch_keys(model)
@@ -401,7 +401,7 @@ def test_backbone_initialisers_are_torchvision_like():
 
 
 def test_ocrnet_hrnet_w48_parameter_counts_match_the_reference():
-    """Spec section 19: backbone 65,325,120; decode 4,580,502; aux 3,396,246; projectors
+    """docs/METHOD.md §14: backbone 65,325,120; decode 4,580,502; aux 3,396,246; projectors
     382,624; total 73,684,492."""
     model = build_abstract(lambda r: OCRNetSegmentor(num_classes=150, rngs=r))
     assert count_params(model) == {

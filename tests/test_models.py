@@ -390,7 +390,7 @@ def test_full_upernet_swin_t_parameter_count_matches_architecture():
     )
     print("UPerNet + Swin-T, 150 classes:", counts)
     assert counts == expected
-    # spec section 19: the reference Swin-T backbone (with output norms) has 27,520,698 parameters
+    # docs/METHOD.md §14: the reference Swin-T backbone (with its output norms): 27,520,698 params
     assert counts["backbone"] == 27_520_698
 
 

@@ -21,7 +21,7 @@ from msc_seg.losses import (
 
 
 def reference_plan(labels, num_classes, min_views, max_views, max_total):
-    """Numpy restatement of `sample_anchors_fast` / `_select_views_per_class` (spec section 5),
+    """Numpy restatement of `sample_anchors_fast` / `_select_views_per_class` (docs/METHOD.md §6),
     without the reference's drop-the-last-class bug: kept (image, class) pairs in order, and V."""
     pairs = []
     counts = []

@@ -2,7 +2,7 @@
 
 Mirrors the reference `DenseContrastiveLossV2_ms.forward` with `DenseContrastiveLossV2`
 (`contrastive_loss`, `get_masks2`, `get_loss`) and the cross-scale `InfoNce_loss`
-(spec/method.md sections 6-8). For anchors i and contrast samples j (L2-normalised, eps 1e-12):
+(docs/METHOD.md §7-§9). For anchors i and contrast samples j (L2-normalised, eps 1e-12):
 
     s_ij = z_i . z_j / tau,   neg_i = sum_k neg_ik exp(s_ik)
     l_i  = -1/P_i sum_j pos_ij (s_ij - log(exp(s_ij) + neg_i)),   L = mean over all anchors of l_i

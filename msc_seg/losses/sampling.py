@@ -1,7 +1,7 @@
 """Fixed-shape, class-balanced anchor sampling for the contrastive losses.
 
 Mirrors the reference `DenseContrastiveLossV2.sample_anchors_fast` / `_select_views_per_class`
-(spec/method.md section 5) and `get_dist_and_classes` (label downsampling, section 4) with static
+(docs/METHOD.md §6) and `get_dist_and_classes` (label downsampling, §5) with static
 shapes: one compile per input shape, no host round-trip, no boolean indexing.
 
 Deviations from the reference, on purpose:

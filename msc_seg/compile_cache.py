@@ -1,0 +1,190 @@
+"""Compile once per machine: JAX's persistent compilation cache for real runs, its hits in the log,
+an honest "compiling ..." line, and XLA's slow-compile alarm kept out of the default log.
+
+    enable(cache_dir)      turns the cache on (default: $MSC_SEG_COMPILE_CACHE, else
+                           $XDG_CACHE_HOME/msc_seg/jax or ~/.cache/msc_seg/jax)
+    Compilation(what, key) a context around the first call of a jitted function: prints
+                           "compiling the train step (...)" before, and after it "ready in N s
+                           (compiled | loaded from the persistent compilation cache)"; keeps each
+                           key's compile time in the cache folder to predict the next one
+    quiet_xla_alarms()     drops XLA's "Very slow compile? If you want to file a bug" blocks from
+                           this process's stderr (a normal first compile of a paper model on a CPU
+                           takes minutes: that is no bug)
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import pathlib
+import sys
+import threading
+import time
+
+import jax
+
+from msc_seg import reporting
+
+_HIT = "/jax/compilation_cache/cache_hits"
+_MISS = "/jax/compilation_cache/cache_misses"
+_events = {_HIT: 0, _MISS: 0}
+_listening = False
+_cache_dir: pathlib.Path | None = None
+
+
+def default_dir() -> pathlib.Path:
+    if os.environ.get("MSC_SEG_COMPILE_CACHE"):
+        return pathlib.Path(os.environ["MSC_SEG_COMPILE_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or pathlib.Path("~/.cache").expanduser()
+    return pathlib.Path(base) / "msc_seg" / "jax"
+
+
+def _count(event: str, **_) -> None:
+    if event in _events:
+        _events[event] += 1
+
+
+def enable(
+    cache_dir: str | os.PathLike | None = None, *, min_compile_secs: float = 1.0
+) -> pathlib.Path | None:
+    """Turns the persistent compilation cache on in `cache_dir` (None: `default_dir()`) for
+    programs whose compile takes at least `min_compile_secs`.
+
+    Returns the folder, or None when the cache stays off: with several processes (multi-host
+    starts sharing a cache folder were seen to hang in the coordination service), or when the
+    folder cannot be created. Either is said in one log line.
+    """
+    global _listening, _cache_dir
+    if jax.process_count() > 1:
+        reporting.log_and_print(
+            "note: persistent compilation cache off for multi-process runs (restarts that share "
+            "one were seen to hang at start-up); every process compiles"
+        )
+        return None
+    folder = pathlib.Path(cache_dir).expanduser() if cache_dir else default_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        reporting.log_and_print(
+            f"note: persistent compilation cache off: cannot create {folder} ({e})"
+        )
+        return None
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    reset_backend_cache()  # JAX opens its cache once: make it use this folder
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_secs)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    if not _listening:
+        jax.monitoring.register_event_listener(_count)
+        _listening = True
+    _cache_dir = folder
+    return folder
+
+
+def reset_backend_cache() -> None:
+    """Makes JAX re-open its persistent cache at the configured folder on the next compile."""
+    from jax.experimental.compilation_cache import compilation_cache
+
+    compilation_cache.reset_cache()
+
+
+class Compilation:
+    """Wraps the first call of a jitted function (its compile) with progress lines.
+
+    what: "the train step"; key: what identifies the program across runs (model, shapes,
+    device kind), used to remember how long its compile took on this machine.
+    """
+
+    def __init__(self, what: str, key: str):
+        self.what, self.key = what, key
+
+    def _history_file(self) -> pathlib.Path | None:
+        return _cache_dir / "msc_seg_compile_times.json" if _cache_dir else None
+
+    def _history(self) -> dict:
+        path = self._history_file()
+        try:
+            return json.loads(path.read_text()) if path and path.exists() else {}
+        except (OSError, ValueError):
+            return {}
+
+    def __enter__(self):
+        seconds = self._history().get(self.key)
+        if seconds is None:
+            hint = "first run on this machine: this can take minutes on a CPU"
+        elif _cache_dir is not None:
+            hint = f"cached here before (a compile took {reporting.format_duration(seconds)})"
+        else:
+            hint = f"about {reporting.format_duration(seconds)}"
+        reporting.log_and_print(f"compiling {self.what} ({hint}) ...")
+        self._hits, self._misses = _events[_HIT], _events[_MISS]
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, exc_type, *_):
+        if exc_type is not None:
+            return False
+        seconds = time.perf_counter() - self._start
+        hit = _events[_HIT] > self._hits and _events[_MISS] == self._misses
+        how = "loaded from the persistent compilation cache" if hit else "compiled"
+        reporting.log_and_print(
+            f"{self.what} ready in {reporting.format_duration(seconds)} ({how})"
+        )
+        path = self._history_file()
+        if path is not None and not hit and jax.process_index() == 0:
+            history = self._history() | {self.key: round(seconds, 1)}
+            try:
+                path.write_text(json.dumps(history, indent=1, sort_keys=True))
+            except OSError:
+                pass
+        return False
+
+
+_ALARM_MARK = "Very slow compile?"
+
+
+def quiet_xla_alarms() -> None:
+    """Filters XLA's slow-compile alarm blocks out of file descriptor 2 (stderr) of this
+    process; every other line passes through unchanged. Idempotent; no-op where fds cannot be
+    duplicated."""
+    global _filtering
+    if _filtering:
+        return
+    try:
+        original = os.dup(2)
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, 2)
+        os.close(write_end)
+    except OSError:
+        return
+    _filtering = True
+
+    def pump():
+        block: list[bytes] = []  # lines of a '****' block, held until we know what it is
+        with os.fdopen(read_end, "rb", buffering=0) as src:
+            for line in iter(src.readline, b""):
+                text = line.decode("utf-8", "replace")
+                if block or text.strip().startswith("****"):
+                    block.append(line)
+                    closing = len(block) > 1 and text.strip().startswith("****")
+                    if closing or len(block) > 8:
+                        if not any(_ALARM_MARK in b.decode("utf-8", "replace") for b in block):
+                            os.write(original, b"".join(block))
+                        block = []
+                    continue
+                if "slow_operation_alarm.cc" in text or text.startswith("The operation took"):
+                    continue  # the alarm's header line ("E1130 ... slow_operation_alarm.cc:73]")
+                os.write(original, line)
+
+    thread = threading.Thread(target=pump, name="quiet-xla-alarms", daemon=True)
+    thread.start()
+
+    def drain():  # at exit: close the pipe (fd 2 back to the terminal) and let the pump finish
+        sys.stderr.flush()
+        os.dup2(original, 2)
+        thread.join(timeout=5)
+
+    atexit.register(drain)
+
+
+_filtering = False

@@ -1,0 +1,68 @@
+"""The persistent compilation cache of real runs: a second compile of the same program is a cache
+hit, said in the log; the compile line predicts from the machine's history."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from msc_seg import compile_cache
+
+
+@pytest.fixture
+def fresh_cache(tmp_path):
+    """compile_cache.enable on a fresh folder; the test suite's own cache settings restored."""
+    saved = {
+        k: getattr(jax.config, k)
+        for k in (
+            "jax_compilation_cache_dir",
+            "jax_persistent_cache_min_compile_time_secs",
+            "jax_persistent_cache_min_entry_size_bytes",
+        )
+    }
+    folder = compile_cache.enable(tmp_path / "cache", min_compile_secs=0.0)
+    try:
+        yield folder
+    finally:
+        for k, v in saved.items():
+            jax.config.update(k, v)
+        compile_cache.reset_backend_cache()
+        compile_cache._cache_dir = None
+
+
+def program():
+    def f(x):  # a fresh function object each time: nothing is reused in memory
+        return jnp.tanh(x @ x.T).sum()
+
+    return jax.jit(f)
+
+
+def test_second_compile_of_the_same_program_is_a_logged_cache_hit(fresh_cache, capsys):
+    assert fresh_cache is not None and fresh_cache.is_dir()
+    x = jnp.ones((64, 64))
+    with compile_cache.Compilation("the test step", "test/key"):
+        program()(x).block_until_ready()
+    first = capsys.readouterr().out
+    assert "compiling the test step (first run on this machine" in first
+    assert "the test step ready in" in first and "(compiled)" in first
+
+    jax.clear_caches()  # as a new process would: only the persistent cache remains
+    with compile_cache.Compilation("the test step", "test/key"):
+        program()(x).block_until_ready()
+    second = capsys.readouterr().out
+    assert "cached here before" in second
+    assert "loaded from the persistent compilation cache" in second
+    assert (fresh_cache / "msc_seg_compile_times.json").exists()
+
+
+def test_cache_folder_that_cannot_be_created_turns_the_cache_off(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    saved = jax.config.jax_compilation_cache_dir
+    try:
+        assert compile_cache.enable(blocker / "cache") is None
+    finally:
+        jax.config.update("jax_compilation_cache_dir", saved)
+        compile_cache.reset_backend_cache()
+    assert "persistent compilation cache off" in capsys.readouterr().out
