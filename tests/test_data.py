@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from msc_seg.data import builders, demo_builder, pipeline
+from msc_seg.data import builders, demo_builder, pipeline, records, train_order
 from msc_seg.data.conventions import IGNORE_LABEL
 from msc_seg.data.folder_builder import FolderDatasetError
 from msc_seg.data.registry import DatasetSpec, get_dataset_spec
@@ -173,15 +173,31 @@ def test_unknown_split_raises_listing_available_splits(demo_dir):
 
 
 # ---------------------------------------------------------------------------------------------
-# Training iterator.
+# Training iterator: one global stream, each process's rows of it.
 
 
 def _train_batches(data_dir, seed, n=2, **kwargs):
     it = pipeline.make_train_iterator(
-        DEMO, data_dir=data_dir, batch_size=4, crop_size=(64, 64), seed=seed, shuffle_buffer=64,
-        **kwargs,
+        DEMO, data_dir=data_dir, batch_size=4, crop_size=(64, 64), seed=seed, **kwargs
+    )
+    return [next(it) for _ in range(n)]
+
+
+def _validation_stream(demo_dir, start_step, n, process_index=0, process_count=1):
+    """Batches start_step.. of the validation stream: 100 scenes, global batch 8 -> 12 steps per
+    epoch (4 scenes left out of each epoch)."""
+    it = pipeline.make_train_iterator(
+        DEMO, data_dir=demo_dir, batch_size=8, crop_size=(64, 64), seed=1, split="validation",
+        start_step=start_step, process_index=process_index, process_count=process_count,
     )  # fmt: skip
     return [next(it) for _ in range(n)]
+
+
+def _assert_same_batches(xs, ys):
+    assert len(xs) == len(ys)
+    for x, y in zip(xs, ys, strict=True):
+        np.testing.assert_array_equal(x["image"], y["image"])
+        np.testing.assert_array_equal(x["label"], y["label"])
 
 
 def test_train_iterator_yields_fixed_shape_normalised_batches(demo_dir):
@@ -194,9 +210,7 @@ def test_train_iterator_yields_fixed_shape_normalised_batches(demo_dir):
 
 def test_train_iterator_is_deterministic_given_seed(demo_dir):
     a, b, c = (_train_batches(demo_dir, seed) for seed in (3, 3, 4))
-    for x, y in zip(a, b, strict=True):
-        np.testing.assert_array_equal(x["image"], y["image"])
-        np.testing.assert_array_equal(x["label"], y["label"])
+    _assert_same_batches(a, b)
     assert not np.array_equal(a[0]["image"], c[0]["image"])
 
 
@@ -205,7 +219,6 @@ def test_train_iterator_repeats_with_a_new_order_each_epoch(demo_dir):
     it = pipeline.make_train_iterator(
         DEMO, data_dir=demo_dir, batch_size=4, crop_size=(128, 128), seed=0, split="validation",
         scale_range=(1.0, 1.0), aspect_range=(1.0, 1.0), cat_max_ratio=1.0, color_jitter=False,
-        shuffle_buffer=100,
     )  # fmt: skip
     epochs = [np.concatenate([next(it)["label"] for _ in range(25)]) for _ in range(2)]
 
@@ -218,27 +231,101 @@ def test_train_iterator_repeats_with_a_new_order_each_epoch(demo_dir):
 
 
 def test_train_iterator_resumes_exactly_at_start_step_across_epochs(demo_dir):
-    # validation: 100 scenes, batch 8 -> 12 batches per epoch (4 scenes dropped per epoch).
-    def batches(start_step, n):
-        it = pipeline.make_train_iterator(
-            DEMO, data_dir=demo_dir, batch_size=8, crop_size=(64, 64), seed=1,
-            split="validation", start_step=start_step, shuffle_buffer=32,
-        )  # fmt: skip
-        return [next(it) for _ in range(n)]
-
-    fresh = batches(0, 14)
-    resumed = batches(10, 4)
-    for a, b in zip(fresh[10:], resumed, strict=True):
-        np.testing.assert_array_equal(a["image"], b["image"])
-        np.testing.assert_array_equal(a["label"], b["label"])
+    fresh = _validation_stream(demo_dir, 0, 14)
+    _assert_same_batches(fresh[10:], _validation_stream(demo_dir, 10, 4))  # crosses step 12
+    _assert_same_batches(fresh[12:], _validation_stream(demo_dir, 12, 2))  # starts an epoch
 
 
-def test_train_iterator_rejects_batch_larger_than_host_shard(demo_dir):
-    with pytest.raises(ValueError, match="fewer than the per-host batch of 101"):
+@pytest.mark.parametrize("process_count", [2, 4])
+def test_processes_rows_concatenate_to_the_one_process_global_batch(demo_dir, process_count):
+    # Steps 0..13 cross the epoch boundary at step 12; then resumed at step 11 on every process.
+    fresh = _validation_stream(demo_dir, 0, 14)
+    for start in (0, 11):
+        parts = [
+            _validation_stream(demo_dir, start, 14 - start, i, process_count)
+            for i in range(process_count)
+        ]
+        joined = [
+            {k: np.concatenate([p[t][k] for p in parts]) for k in ("image", "label")}
+            for t in range(14 - start)
+        ]
+        assert joined[0]["image"].shape[0] == 8
+        _assert_same_batches(fresh[start:], joined)
+
+
+def test_each_process_reads_only_its_rows_of_each_global_batch(demo_dir, monkeypatch):
+    read = {0: [], 1: []}
+    real_example = train_order.GlobalOrder.example
+
+    def example(self, position):
+        read[self.process_index].append(position)
+        return real_example(self, position)
+
+    monkeypatch.setattr(train_order.GlobalOrder, "example", example)
+    for i in (0, 1):
+        _validation_stream(demo_dir, 0, 14, i, 2)
+    for i, positions in read.items():  # rows [4 i, 4 i + 4) of each global batch of 8
+        assert positions and all((p % 8) // 4 == i for p in positions)
+        assert set(range(i * 4, 14 * 8, 8)) <= set(positions)
+
+
+def test_train_stream_crosses_epoch_boundaries_in_one_pipeline(demo_dir, monkeypatch):
+    builds = []
+    real = pipeline._train_dataset
+
+    def counted(*args, **kwargs):
+        builds.append(kwargs["start_step"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_train_dataset", counted)
+    batches = _validation_stream(demo_dir, 0, 30)  # 2.5 epochs of 12 steps
+    assert builds == [0]
+    assert len(batches) == 30 and all(b["image"].shape == (8, 64, 64, 3) for b in batches)
+
+
+def test_train_iterator_rejects_global_batch_larger_than_the_split(demo_dir):
+    with pytest.raises(ValueError, match="fewer than the global batch of 101"):
         pipeline.make_train_iterator(
             DEMO, data_dir=demo_dir, batch_size=101, crop_size=(64, 64), seed=0,
             split="validation",
         )  # fmt: skip
+
+
+def test_train_iterator_rejects_global_batch_not_divisible_by_processes(demo_dir):
+    with pytest.raises(ValueError, match=r"global batch \(6.*multiple of the number of proc"):
+        pipeline.make_train_iterator(
+            DEMO, data_dir=demo_dir, batch_size=6, crop_size=(64, 64), seed=0,
+            process_index=0, process_count=4,
+        )  # fmt: skip
+
+
+def test_global_order_epochs_are_seeded_permutations_cut_to_whole_batches():
+    order = train_order.GlobalOrder(num_examples=10, global_batch=4, seed=5)
+    assert order.steps_per_epoch == 2  # 2 examples left out of each epoch
+    for epoch in range(3):
+        assert sorted(order.permutation(epoch).tolist()) == list(range(10))
+    assert order.permutation(0).tolist() != order.permutation(1).tolist()
+    epoch1 = [order.example(p) for p in range(8, 16)]
+    assert epoch1 == order.permutation(1)[:8].tolist()
+    other = train_order.GlobalOrder(num_examples=10, global_batch=4, seed=6)
+    assert other.permutation(0).tolist() != order.permutation(0).tolist()
+    two = [train_order.GlobalOrder(10, 4, 5, process_index=i, process_count=2) for i in (0, 1)]
+    # Process 1's 3rd local example is row 2 + 0 of step 1: global position 4 + 2 + 0 = 6.
+    assert [two[1].position(i) for i in range(4)] == [2, 3, 6, 7]
+    assert [two[0].position(i) for i in range(4)] == [0, 1, 4, 5]
+
+
+def test_record_index_reads_the_split_records_in_order(demo_dir):
+    builder = builders.prepared_builder(DEMO, demo_dir)
+    for split in ("validation", "train[5:7]+validation[:3]"):
+        index = records.RecordIndex(builder, split)
+        files = [f.filename for f in builder.info.splits[split].file_instructions]
+        expected = []
+        for f in builder.info.splits[split].file_instructions:
+            raw = tf.data.TFRecordDataset(f.filename).skip(f.skip).take(f.take)
+            expected += list(raw.as_numpy_iterator())
+        assert len(index) == len(expected) == builder.info.splits[split].num_examples
+        assert [index.read(i) for i in range(len(index))] == expected, files
 
 
 def test_hosts_read_disjoint_shards_covering_the_split(demo_dir):

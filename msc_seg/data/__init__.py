@@ -8,7 +8,9 @@ label, normalisation, the eval resize rule) stays free of TensorFlow:
   registry       DatasetSpec, register_dataset, get_dataset_spec, known_datasets (+ built-ins)
   user_datasets  register_folder_dataset, register_dataset_file (users' folder datasets)
   builders       make_builder, prepare_dataset, split_sizes, DatasetNotPreparedError, ...
-  pipeline       load_split, make_train_iterator, make_eval_dataset, EvalDataset
+  pipeline       load_split, make_train_iterator (TrainIterator), make_eval_dataset, EvalDataset
+  train_order    GlobalOrder: the global training stream's order (no TensorFlow)
+  records        RecordIndex: random access to a built split's TFRecords
   transforms     tf.data transforms: train augmentation, normalize (TF), resize_for_eval
   ade20k, cadis, camvid, cityscapes, demo, pascal_context: the built-in datasets' tables
   demo_builder, folder_builder, layouts: the tfds builders and the folder layouts they read

@@ -1,14 +1,16 @@
 """Input pipeline: prepared tfds datasets -> host-local numpy batches for training and evaluation.
 
-Labels are mapped to the network's space (ignore = -1) when read, by `DatasetSpec.decode_label`,
-and nowhere later. Importing this module (through builders.py) hides the accelerators from
-TensorFlow.
+Training reads one global, index-based stream (`train_order`) by random access (`records`);
+evaluation and `load_split` read each host's shard front to back. Labels are mapped to the
+network's space (ignore = -1) when read, by `DatasetSpec.decode_label`, and nowhere later.
+Importing this module (through builders.py) hides the accelerators from TensorFlow.
 """
 
 from __future__ import annotations
 
+import atexit
 import math
-import threading
+import weakref
 from collections.abc import Iterator, Sequence
 
 import jax
@@ -16,7 +18,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from msc_seg.data import builders, transforms
+from msc_seg.data import builders, train_order, transforms
+from msc_seg.data import records as records_lib
 from msc_seg.data.conventions import IGNORE_LABEL
 from msc_seg.data.registry import DatasetSpec
 
@@ -122,30 +125,59 @@ def _count_examples(ds: tf.data.Dataset) -> int:
     return count
 
 
-def _mix_seed(*values: int) -> int:
-    """A well-mixed 31-bit seed from integers (fits tf.data and TF stateless seeds)."""
-    return int(np.random.SeedSequence([int(v) for v in values]).generate_state(1)[0] & 0x7FFFFFFF)
+def _train_dataset(
+    builder,
+    spec: DatasetSpec,
+    split: str,
+    order: train_order.GlobalOrder,
+    *,
+    start_step: int,
+    crop_size: tuple[int, int],
+    scale_range: Sequence[float],
+    aspect_range: Sequence[float],
+    cat_max_ratio: float,
+    color_jitter: bool,
+    prefetch: int,
+    num_parallel_calls: int,
+) -> tf.data.Dataset:
+    """The whole (endless) training stream of this process as one tf.data pipeline."""
+    records = records_lib.RecordIndex(builder, split)
+    features = builder.info.features
+    skip = {spec.image_key: tfds.decode.SkipDecoding(), spec.label_key: tfds.decode.SkipDecoding()}
+    decode = _make_decoder(builder, spec, split)
+    augment_seed = train_order.mix_seed(order.seed, 1)
 
+    def fetch(local_index):
+        position = order.position(local_index)
+        return np.int64(position), records.read(order.example(position))
 
-class _Background:
-    """Runs fn(*args) on a daemon thread; `result()` waits for it (and re-raises its error)."""
+    def read(local_index):
+        position, serialized = tf.numpy_function(
+            fetch, [local_index], (tf.int64, tf.string), stateful=False
+        )
+        example = features.deserialize_example(tf.ensure_shape(serialized, []), decoders=skip)
+        return tf.ensure_shape(position, []), example
 
-    def __init__(self, fn, *args):
-        self._result = self._error = None
-        self._thread = threading.Thread(target=self._run, args=(fn, args), daemon=True)
-        self._thread.start()
+    def prepare(position, example):
+        example = decode(example)
+        image, label = transforms.apply_train_transforms(
+            example["image"],
+            example["label"],
+            tf.stack([tf.constant(augment_seed, tf.int64), position]),
+            crop_size=crop_size,
+            scale_range=scale_range,
+            aspect_range=aspect_range,
+            cat_max_ratio=cat_max_ratio,
+            jitter=color_jitter,
+        )
+        return {"image": image, "label": label}
 
-    def _run(self, fn, args):
-        try:
-            self._result = fn(*args)
-        except BaseException as e:  # noqa: BLE001 -- handed to the consumer thread
-            self._error = e
-
-    def result(self):
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._result
+    first = int(start_step) * order.local_batch
+    ds = tf.data.Dataset.range(first, np.iinfo(np.int64).max)
+    ds = ds.map(read, num_parallel_calls=num_parallel_calls, deterministic=True)
+    ds = ds.map(prepare, num_parallel_calls=num_parallel_calls, deterministic=True)
+    ds = ds.batch(order.local_batch, drop_remainder=True).prefetch(prefetch)
+    return ds.with_options(_options(num_parallel_calls))
 
 
 def make_train_iterator(
@@ -160,101 +192,99 @@ def make_train_iterator(
     aspect_range: Sequence[float] = (0.9, 1.1),
     cat_max_ratio: float = 0.75,
     color_jitter: bool = True,
-    shuffle_buffer: int = 1024,
+    shuffle_buffer: int | None = None,
     prefetch: int = 2,
     split: str | None = None,
-    process_index: int | None = None,
-    process_count: int | None = None,
+    process_index: int = 0,
+    process_count: int = 1,
     num_parallel_calls: int = 2,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Endless host-local training batches.
+    """Endless training batches: this process's rows of one global, deterministic stream.
 
-    Yields {'image': float32 [b,h,w,3] normalised, 'label': int32 [b,h,w]} with b = batch_size
-    (the per-host batch) and (h, w) = crop_size.
+    `batch_size` is the GLOBAL batch B (all processes together); it must be a multiple of
+    `process_count`. Yields {'image': float32 [b,h,w,3] normalised, 'label': int32 [b,h,w]} with
+    b = B / process_count and (h, w) = crop_size: rows [process_index * b, (process_index + 1) * b)
+    of each global batch. The caller passes process_index / process_count (e.g. JAX's); nothing
+    here reads them from JAX.
 
-    Epoch e of host p reads p's shard (`tfds.split_for_jax_process`) in an order drawn from
-    (seed, p, e): files and a `shuffle_buffer` of encoded examples are shuffled, the tail that
-    does not fill a batch is dropped, and example i of the epoch is augmented with the stateless
-    seed (epoch seed, i). The stream is therefore a pure function of (seed, p), and
-    `start_step=n` resumes it exactly at batch n by skipping encoded examples of one epoch
-    (no decoding, no augmentation).
+    The stream (see `train_order`): every epoch is a shuffle of the split drawn from
+    (seed, epoch), cut to whole global batches; the example at global position p is augmented
+    with the stateless seed (seed, p). So step t's global batch (examples, order, augmentation)
+    is the same for any number of processes, and `start_step=n` resumes the stream exactly at
+    step n, in any epoch. It is one tf.data pipeline from start to end (no rebuild, hence no stall,
+    at epoch boundaries), and each process reads and decodes only its own rows (random access to
+    the stored records, `records.RecordIndex`).
+
+    `shuffle_buffer` is accepted for compatibility and ignored: the shuffle is a full permutation
+    of the split per epoch, no buffer is involved.
     """
-    pi = jax.process_index() if process_index is None else process_index
-    pc = jax.process_count() if process_count is None else process_count
+    del shuffle_buffer  # Full per-epoch permutations: see the docstring.
     split = spec.train_split if split is None else split
     builder = builders.prepared_builder(spec, data_dir)
-    decode = _make_decoder(builder, spec, split)
-    crop_size = (int(crop_size[0]), int(crop_size[1]))
-
-    def read(epoch_seed):
-        return _read_encoded(
-            builder,
-            spec,
-            split,
-            shuffle_files=True,
-            seed=epoch_seed,
-            process_index=pi,
-            process_count=pc,
-            num_threads=num_parallel_calls,
-        )
-
-    host_examples = _count_examples(read(0))
-    steps_per_epoch = host_examples // batch_size
-    if steps_per_epoch == 0:
+    builders.check_split(builder, spec, split)
+    order = train_order.GlobalOrder(
+        num_examples=builder.info.splits[split].num_examples,
+        global_batch=int(batch_size),
+        seed=int(seed),
+        process_index=int(process_index),
+        process_count=int(process_count),
+    )
+    if order.steps_per_epoch == 0:
         raise ValueError(
-            f"Dataset {spec.name!r} split {split!r} has {host_examples} examples on this host, "
-            f"fewer than the per-host batch of {batch_size} (config field `batch_size` / number "
-            "of processes). Use a smaller batch_size."
+            f"Dataset {spec.name!r} split {split!r} has {order.num_examples} examples, fewer than "
+            f"the global batch of {order.global_batch} (config field `batch_size`). Use a "
+            "smaller batch_size."
         )
+    ds = _train_dataset(
+        builder,
+        spec,
+        split,
+        order,
+        start_step=start_step,
+        crop_size=(int(crop_size[0]), int(crop_size[1])),
+        scale_range=tuple(scale_range),
+        aspect_range=tuple(aspect_range),
+        cat_max_ratio=cat_max_ratio,
+        color_jitter=color_jitter,
+        prefetch=prefetch,
+        num_parallel_calls=num_parallel_calls,
+    )
+    return TrainIterator(ds)
 
-    def epoch_batches(epoch: int, skip_batches: int):
-        epoch_seed = _mix_seed(seed, pi, epoch)
 
-        def prepare(index, example):
-            example = decode(example)
-            example_seed = tf.stack([tf.constant(epoch_seed, tf.int64), index])
-            image, label = transforms.apply_train_transforms(
-                example["image"],
-                example["label"],
-                example_seed,
-                crop_size=crop_size,
-                scale_range=scale_range,
-                aspect_range=aspect_range,
-                cat_max_ratio=cat_max_ratio,
-                jitter=color_jitter,
-            )
-            return {"image": image, "label": label}
+class TrainIterator:
+    """Iterator over a training pipeline's numpy batches; `close()` releases the pipeline.
 
-        first = skip_batches * batch_size
-        ds = read(epoch_seed).shuffle(shuffle_buffer, seed=epoch_seed)
-        ds = ds.take(steps_per_epoch * batch_size).skip(first).enumerate(start=first)
-        ds = ds.map(prepare, num_parallel_calls=num_parallel_calls, deterministic=True)
-        ds = ds.batch(batch_size, drop_remainder=True).prefetch(prefetch)
-        return iter(tfds.as_numpy(ds.with_options(_options(num_parallel_calls))))
+    The pipeline calls Python (`tf.numpy_function`, to read records) from TensorFlow's threads.
+    If such a pipeline is still alive while the interpreter shuts down, those threads wait for
+    the GIL forever and the process hangs on exit; so every open iterator is closed at exit
+    (`atexit`), before shutdown begins. Close it yourself (or drop it) when you are done early.
+    """
 
-    def open_epoch(epoch: int, skip_batches: int):
-        batches = epoch_batches(epoch, skip_batches)
-        return next(batches), batches  # The first batch pays for graph building and buffers.
+    def __init__(self, ds: tf.data.Dataset):
+        self._iterator = ds.as_numpy_iterator()
+        _OPEN_TRAIN_ITERATORS.add(self)
 
-    def stream():
-        # Each epoch is a new tf.data pipeline (its seeds are Python ints). The next one is
-        # built, and its first batch produced, on a helper thread while this one is consumed,
-        # so epoch boundaries do not stall the training loop.
-        epoch, skip_batches = divmod(int(start_step), steps_per_epoch)
-        upcoming = _Background(open_epoch, epoch, skip_batches)
-        while True:
-            first, rest = upcoming.result()
-            remaining = steps_per_epoch - skip_batches
-            epoch, skip_batches, upcoming = epoch + 1, 0, None
-            yield first
-            for i, batch in enumerate(rest, start=2):
-                if upcoming is None and i >= remaining // 2:  # Halfway: start the next epoch.
-                    upcoming = _Background(open_epoch, epoch, 0)
-                yield batch
-            if upcoming is None:
-                upcoming = _Background(open_epoch, epoch, 0)
+    def __iter__(self):
+        return self
 
-    return stream()
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self._iterator is None:
+            raise StopIteration
+        return next(self._iterator)
+
+    def close(self) -> None:
+        self._iterator = None
+        _OPEN_TRAIN_ITERATORS.discard(self)
+
+
+_OPEN_TRAIN_ITERATORS: weakref.WeakSet[TrainIterator] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_train_iterators() -> None:
+    for iterator in list(_OPEN_TRAIN_ITERATORS):
+        iterator.close()
 
 
 def _pad_bottom_right(x, shape: Sequence[int], value):
