@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from msc_seg.errors import ArgumentError
 from msc_seg.models.layers import adaptive_avg_pool, resize_bilinear
 from msc_seg.models.projector import Projector
 from msc_seg.models.segmentor import UPerNetSegmentor, count_params, make_segmentor
@@ -394,11 +395,45 @@ def test_full_upernet_swin_t_parameter_count_matches_architecture():
     assert counts["backbone"] == 27_520_698
 
 
+def test_released_upernet_aux_head_reads_stage_3_with_a_conv_bias():
+    """The authors' released UPerNet-Swin ADE20K config: aux head on stage index 3 (768
+    channels for Swin-T) with a bias on its 3x3 conv; 62,404,838 parameters in training form
+    (K=150, aux head, 4 projectors with D=256), 884,992 more than the mmseg/HF variant's
+    61,519,846: 3*3*(768-384)*256 = 884,736 kernel weights + 256 conv biases."""
+    model = nnx.eval_shape(
+        lambda: make_segmentor(
+            "upernet",
+            num_classes=150,
+            backbone="swin_t",
+            aux_in_index=3,
+            aux_conv_bias=True,
+            rngs=nnx.Rngs(0),
+        )
+    )
+    counts = count_params(model)
+    assert counts["auxiliary_head"] == _conv_module(768, 256, 3) + 256 + 256 * 150 + 150
+    assert counts["total"] == 62_404_838
+    assert counts["total"] - 61_519_846 == 3 * 3 * (768 - 384) * 256 + 256
+    conv = model.auxiliary_head.convs[0].conv
+    assert conv.kernel.shape == (3, 3, 768, 256) and conv.bias.shape == (256,)
+
+
+def test_aux_head_reads_the_chosen_stage_and_rejects_bad_indices():
+    model = _materialize(
+        lambda: UPerNetSegmentor(**TINY, aux_in_index=3, aux_conv_bias=True, rngs=nnx.Rngs(0))
+    )
+    out = _forward(model, _images(64, 64), train=False, return_embeddings=False)
+    assert out.aux_logits.shape == (2, 64, 64, K)
+    for bad in (4, -5, 1.0):
+        with pytest.raises(ArgumentError, match="aux_in_index"):
+            nnx.eval_shape(lambda b=bad: UPerNetSegmentor(**TINY, aux_in_index=b, rngs=nnx.Rngs(0)))
+
+
 def test_make_segmentor_rejects_unknown_names():
     with pytest.raises(ValueError, match="upernet"):
         make_segmentor("segformer", num_classes=3, rngs=nnx.Rngs(0))
 
 
 def test_unknown_projector_position_is_rejected():
-    with pytest.raises(ValueError, match="projector_position"):
+    with pytest.raises(ArgumentError, match="projector_position"):
         nnx.eval_shape(lambda: UPerNetSegmentor(**TINY, projector_position="x", rngs=nnx.Rngs(0)))

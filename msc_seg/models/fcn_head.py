@@ -1,7 +1,8 @@
 """FCN auxiliary head, mmseg `FCNHead(num_convs=1, concat_input=False)` / HF `UperNetFCNHead`.
 
-[B,h,w,C_in] -> [B,h,w,num_classes]: ConvModule 3x3 (no bias) + BN + ReLU, Dropout2d, 1x1 conv.
-(The reference's aux head has a conv bias; this one follows mmseg/HF so their weights map.)
+[B,h,w,C_in] -> [B,h,w,num_classes]: ConvModule 3x3 + BN + ReLU, Dropout2d, 1x1 conv.
+The 3x3 conv has no bias by default (mmseg/HF, so their weights map); `conv_bias=True` gives the
+released reference config's head, whose ConvModule conv has a bias before its BN.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class FCNHead(nnx.Module):
         num_convs: int = 1,
         kernel_size: int = 3,
         dropout: float = 0.1,
+        conv_bias: bool = False,
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
@@ -33,7 +35,13 @@ class FCNHead(nnx.Module):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.convs = nnx.List(
             [
-                ConvModule(in_channels if i == 0 else channels, channels, kernel_size, **kw)
+                ConvModule(
+                    in_channels if i == 0 else channels,
+                    channels,
+                    kernel_size,
+                    use_bias=conv_bias,
+                    **kw,
+                )
                 for i in range(num_convs)
             ]
         )

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from msc_seg.errors import ArgumentError
 from msc_seg.models.fcn_head import FCNHead
 from msc_seg.models.layers import resize_bilinear
 from msc_seg.models.outputs import SegOutputs
@@ -46,6 +47,11 @@ class UPerNetSegmentor(nnx.Module):
     Submodules (parameter path roots): `backbone`, `decode_head`, `auxiliary_head` (when
     use_aux), `projectors` (when use_projectors).
     aux_in_index: backbone stage fed to the aux head (mmseg/HF 2; the reference uses 3).
+    aux_conv_bias: a bias on the aux head's 3x3 conv (before its BN). False is mmseg/HF (their
+      weights map); the authors' released UPerNet-Swin ADE20K config is
+      `aux_in_index=3, aux_conv_bias=True` (Swin-T, K=150, with projectors: 62,404,838
+      parameters against mmseg's 61,519,846: the 3x3 conv reads 768 instead of 384 channels,
+      +884,736, and has 256 biases).
     dtype: compute dtype (bfloat16 allowed); parameters stay in param_dtype.
     """
 
@@ -57,6 +63,7 @@ class UPerNetSegmentor(nnx.Module):
         decoder_channels: int = 512,
         aux_channels: int = 256,
         aux_in_index: int = 2,
+        aux_conv_bias: bool = False,
         dropout: float = 0.1,
         drop_path_rate: float = 0.3,
         window_size: int | None = None,
@@ -71,9 +78,10 @@ class UPerNetSegmentor(nnx.Module):
         rngs: nnx.Rngs,
     ):
         if projector_position not in PROJECTOR_POSITIONS:
-            raise ValueError(
-                f"UPerNetSegmentor: projector_position={projector_position!r} is not one of "
-                f"{PROJECTOR_POSITIONS} (set model.projector_position)"
+            raise ArgumentError(
+                "projector_position",
+                projector_position,
+                f"UPerNetSegmentor's projector position must be one of {PROJECTOR_POSITIONS}",
             )
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.dtype = dtype
@@ -84,10 +92,12 @@ class UPerNetSegmentor(nnx.Module):
             backbone, drop_path_rate=drop_path_rate, window_size=window_size, **kw
         )
         stage_channels = self.backbone.out_channels
-        if not -len(stage_channels) <= aux_in_index < len(stage_channels):
-            raise ValueError(
-                f"UPerNetSegmentor: aux_in_index={aux_in_index} is out of range for "
-                f"{len(stage_channels)} backbone stages (set model.aux_in_index to 0..3)"
+        n = len(stage_channels)
+        if not isinstance(aux_in_index, (int, np.integer)) or not -n <= aux_in_index < n:
+            raise ArgumentError(
+                "aux_in_index",
+                aux_in_index,
+                f"out of range for the {n} backbone stages of UPerNetSegmentor: use 0..{n - 1}",
             )
         self.decode_head = UPerHead(
             stage_channels,
@@ -104,6 +114,7 @@ class UPerNetSegmentor(nnx.Module):
                 num_classes,
                 channels=aux_channels,
                 dropout=dropout,
+                conv_bias=aux_conv_bias,
                 **kw,
             )
             if use_aux
