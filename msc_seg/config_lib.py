@@ -93,6 +93,7 @@ def upernet_model(**overrides) -> ml_collections.ConfigDict:
             decoder_channels=512,
             aux_channels=256,
             aux_in_index=2,
+            aux_conv_bias=False,
             dropout=0.1,
             drop_path_rate=0.3,
             window_size=7,

@@ -386,9 +386,11 @@ class Experiment:
             self.spec,
             data_dir=self.data_dir,
             split=split,
-            batch_size=self.config.batch_size // jax.process_count(),
+            batch_size=self.config.batch_size,  # global: each process reads its rows
             seed=self.config.seed,
             start_step=start_step,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
             **train,
         )
 

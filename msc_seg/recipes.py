@@ -124,8 +124,23 @@ def deeplabv3_resnet101(c: ml_collections.ConfigDict, args) -> None:
     c.loss.contrastive.scale_weights = (1.0,) * len(c.model.taps)
 
 
+# UPerNet's auxiliary FCN head: the authors' released config reads Swin stage 3 with a biased
+# 3x3 conv (62,404,838 training parameters for Swin-T at 150 classes); mmseg / HF read stage 2
+# without a bias (61,519,846).
+UPERNET_AUX_HEADS = {
+    "released": dict(aux_in_index=3, aux_conv_bias=True),
+    "mmseg": dict(aux_in_index=2, aux_conv_bias=False),
+}
+
+
 def upernet_swin(c: ml_collections.ConfigDict, args) -> None:
-    """UPerNet + Swin (args.backbone): decoder 512, aux FCN 256 (x0.4), drop path 0.3, FPN taps."""
+    """UPerNet + Swin (args.backbone): decoder 512, aux FCN 256 (x0.4) on the `args.aux` variant
+    (default: the released one), drop path 0.3, FPN taps."""
+    if args.aux not in UPERNET_AUX_HEADS:
+        raise config_lib.ConfigError(
+            f"config argument aux={args.aux!r}: one of {sorted(UPERNET_AUX_HEADS)} "
+            "(released: the authors' stage-3 aux head with bias; mmseg: stage 2, no bias)"
+        )
     c.model = config_lib.upernet_model(
         backbone=args.backbone,
         window_size=7,
@@ -135,6 +150,7 @@ def upernet_swin(c: ml_collections.ConfigDict, args) -> None:
         drop_path_rate=0.3,
         align_corners=False,
         projector_position="fpn",
+        **UPERNET_AUX_HEADS[args.aux],
         **_COMMON_MODEL_ARGS,
     )
     c.loss.aux_weight = 0.4
@@ -255,6 +271,7 @@ DATASETS: dict[str, Callable] = {
 # Arguments every paper config accepts (`--config=configs/FILE.py:key=value,...`).
 DEFAULT_ARGS = dict(
     backbone="swin_t",  # UPerNet only: swin_t | swin_s | swin_b | swin_l
+    aux="released",  # UPerNet only: released (stage 3, biased conv) | mmseg (stage 2, no bias)
     taps=2,  # DeepLabV3 only: 2 (layer1+layer4) or 3 (layer1+layer3+layer4)
     exp=1,  # CaDIS only: experiment 1, 2 or 3
     contrastive=0.1,  # weight of the contrastive term; 0 = the CE baseline
@@ -264,7 +281,12 @@ DEFAULT_ARGS = dict(
 
 # Arguments that only mean something for some models / datasets: giving one elsewhere is an error
 # (a silently ignored `:exp=2` on a Cityscapes config would run the wrong experiment unnoticed).
-_ARG_USED_BY = {"backbone": ("upernet",), "taps": ("deeplabv3",), "exp": ("cadis",)}
+_ARG_USED_BY = {
+    "backbone": ("upernet",),
+    "aux": ("upernet",),
+    "taps": ("deeplabv3",),
+    "exp": ("cadis",),
+}
 
 
 def _check_args_apply(model: str, dataset: str, arg: str | None) -> None:

@@ -22,6 +22,7 @@ CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 # (config file, :arg) pairs: every file, plus every value of its model/dataset arguments.
 CASES = [(p.stem, None) for p in sorted(CONFIG_DIR.glob("*.py"))]
 CASES += [("ade20k_upernet", f"backbone={b}") for b in ("swin_s", "swin_b", "swin_l")]
+CASES += [("ade20k_upernet", "aux=mmseg")]
 CASES += [(f"cadis_{m}", f"exp={e}") for m in ("hrnet", "deeplabv3") for e in (2, 3)]
 CASES += [("cityscapes_deeplabv3", "taps=3"), ("ade20k_ocrnet_hrnet", "contrastive=0")]
 # The paper's configs (demo.py and camvid.py are CPU-sized demonstrations, not paper models).
@@ -121,3 +122,17 @@ def test_cityscapes_configs_weight_the_cross_entropy_by_class():
         weights = load_config(name).loss.class_weights
         assert tuple(weights) == recipes.CITYSCAPES_CLASS_WEIGHTS
         assert len(weights) == registry.get_dataset_spec("cityscapes").num_classes
+
+
+@pytest.mark.parametrize(("arg", "expected"), [(None, 62_404_838), ("aux=mmseg", 61_519_846)])
+def test_ade20k_upernet_reproduces_the_released_parameter_count(arg, expected):
+    """The authors' released UPerNet-Swin-T (aux head on stage 3 with a conv bias, projectors,
+    150 classes) has 62,404,838 training parameters; the mmseg / HF aux head 61,519,846."""
+    config = load_config("ade20k_upernet", arg)
+    model = experiment.abstract_model(config, 150)
+    assert train_state.count_params(nnx.state(model, nnx.Param)) == expected
+
+
+def test_unknown_aux_head_variant_is_refused_naming_the_choices():
+    with pytest.raises(config_lib.ConfigError, match="aux='fpn'.*mmseg.*released"):
+        load_config("ade20k_upernet", "aux=fpn")

@@ -197,13 +197,30 @@ def test_resume_on_a_different_device_count(data_dir, tmp_path, monkeypatch):
     assert int(state.step) == 4
 
 
-def test_workdir_holding_another_configs_checkpoints_is_refused(unbroken, data_dir):
+def snapshot(folder: pathlib.Path) -> dict[str, bytes]:
+    """Every file under `folder` with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    "overrides, named",
+    [
+        ({"model.decoder_channels": 32}, "model.decoder_channels"),
+        ({"loss.contrastive.weight": 0.0}, "loss.contrastive.weight"),
+        ({"loss.aux_weight": 0.0}, "loss.aux_weight"),
+        ({"optimizer.grad_clip_norm": 1.0}, "optimizer.grad_clip_norm"),
+        ({"optimizer.name": "sgd"}, "optimizer.name"),
+    ],
+)
+def test_structural_change_is_refused_before_the_workdir_is_touched(
+    unbroken, data_dir, overrides, named
+):
     workdir, _, _ = unbroken
-    before = sorted(p.name for p in (workdir / "checkpoints").iterdir())
-    other = micro_config(data_dir, **{"model.decoder_channels": 32})
-    with pytest.raises(checkpointing.WorkdirMismatchError, match="model.decoder_channels"):
+    before = snapshot(workdir)
+    other = micro_config(data_dir, **overrides)
+    with pytest.raises(checkpointing.WorkdirMismatchError, match=named.replace(".", r"\.")):
         train.train_and_evaluate(other, workdir)
-    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == before  # nothing lost
+    assert snapshot(workdir) == before  # byte-identical: nothing written, renamed or lost
 
 
 def test_changing_a_non_structural_field_keeps_the_old_config_json(data_dir, tmp_path, monkeypatch):

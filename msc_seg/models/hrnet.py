@@ -162,37 +162,37 @@ class HRNet(nnx.Module):
 
     def __init__(
         self,
-        config: HRNetConfig,
+        arch: HRNetConfig,
         *,
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        stem = config.stem_channels
+        stem = arch.stem_channels
         self.conv1 = make_conv(3, stem, 3, stride=2, **kw)
         self.bn1 = make_batch_norm(stem, **kw)
         self.conv2 = make_conv(stem, stem, 3, stride=2, **kw)
         self.bn2 = make_batch_norm(stem, **kw)
-        planes = config.stage1_planes
+        planes = arch.stage1_planes
         stage1_out = planes * Bottleneck.expansion
         self.layer1 = IndexedSequential(
             [Bottleneck(stem, planes, **kw)]
-            + [Bottleneck(stage1_out, planes, **kw) for _ in range(config.stage1_blocks - 1)]
+            + [Bottleneck(stage1_out, planes, **kw) for _ in range(arch.stage1_blocks - 1)]
         )
         prev = [stage1_out]
-        for stage, num_modules in zip((2, 3, 4), config.modules, strict=True):
-            cur = config.branch_channels[:stage]
+        for stage, num_modules in zip((2, 3, 4), arch.modules, strict=True):
+            cur = arch.branch_channels[:stage]
             setattr(self, f"transition{stage - 1}", _make_transition(prev, cur, kw))
             setattr(
                 self,
                 f"stage{stage}",
                 IndexedSequential(
-                    [HighResolutionModule(cur, config.blocks, **kw) for _ in range(num_modules)]
+                    [HighResolutionModule(cur, arch.blocks, **kw) for _ in range(num_modules)]
                 ),
             )
             prev = cur
-        self.out_channels = config.branch_channels
+        self.out_channels = arch.branch_channels
         self.strides = (4, 8, 16, 32)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> tuple[jax.Array, ...]:
