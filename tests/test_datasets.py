@@ -13,7 +13,7 @@ from absl import flags
 from PIL import Image
 from tensorflow_datasets.core import naming
 
-from msc_seg import config_lib
+from msc_seg import config_lib, experiment
 from msc_seg.data import builders, pipeline, prepare, user_datasets
 from msc_seg.data.conventions import IGNORE_LABEL
 from msc_seg.data.folder_builder import FolderDatasetError
@@ -407,11 +407,12 @@ def test_config_spec_file_registers_the_dataset(tmp_path):
     config = config_lib.base_config()
     config.dataset.spec_file = str(_write_dataset_file(tmp_path / "d.json", "roads_cfg"))
     config.dataset.name = "roads_cfg"
-    config_lib.validate(config, config_lib.RuntimeFacts(num_devices=8))
+    facts = config_lib.RuntimeFacts(num_devices=8)
+    experiment.validate(config, facts, check_model=False)
     assert get_dataset_spec("roads_cfg").num_classes == 2
     config.dataset.name = "demo"
     with pytest.raises(config_lib.ConfigError, match=r"dataset.name.*set dataset.name=roads_cfg"):
-        config_lib.validate(config, config_lib.RuntimeFacts(num_devices=8))
+        experiment.validate(config, facts, check_model=False)
 
 
 # ---------------------------------------------------------------------------------------------
