@@ -160,21 +160,11 @@ def quiet_xla_alarms() -> None:
     _filtering = True
 
     def pump():
-        block: list[bytes] = []  # lines of a '****' block, held until we know what it is
+        filt = _AlarmFilter(lambda data: os.write(original, data))
         with os.fdopen(read_end, "rb", buffering=0) as src:
-            for line in iter(src.readline, b""):
-                text = line.decode("utf-8", "replace")
-                if block or text.strip().startswith("****"):
-                    block.append(line)
-                    closing = len(block) > 1 and text.strip().startswith("****")
-                    if closing or len(block) > 8:
-                        if not any(_ALARM_MARK in b.decode("utf-8", "replace") for b in block):
-                            os.write(original, b"".join(block))
-                        block = []
-                    continue
-                if "slow_operation_alarm.cc" in text or text.startswith("The operation took"):
-                    continue  # the alarm's header line ("E1130 ... slow_operation_alarm.cc:73]")
-                os.write(original, line)
+            for chunk in iter(lambda: src.read(65536), b""):
+                filt.feed(chunk)
+        filt.flush()
 
     thread = threading.Thread(target=pump, name="quiet-xla-alarms", daemon=True)
     thread.start()
@@ -188,3 +178,51 @@ def quiet_xla_alarms() -> None:
 
 
 _filtering = False
+
+
+class _AlarmFilter:
+    """Passes bytes through, except XLA's slow-compile alarm: its header line (`E... slow_operation_
+    alarm.cc:NN]`), the `****` block holding "Very slow compile?" and "The operation took ...".
+
+    Partial lines (progress bars redrawn with '\r') pass at once unless they could be the start
+    of an alarm; a `****` block is held until it closes (at most 8 lines)."""
+
+    def __init__(self, write):
+        self.write = write
+        self.partial = b""
+        self.block: list[bytes] = []
+
+    def _line(self, line: bytes) -> None:
+        text = line.decode("utf-8", "replace").strip()
+        if "slow_operation_alarm.cc" in text or text.startswith("The operation took"):
+            return
+        if self.block or text.startswith("****"):
+            self.block.append(line)
+            closing = len(self.block) > 1 and text.startswith("****")
+            if closing or len(self.block) > 8:
+                held = b"".join(self.block)
+                self.block = []
+                if _ALARM_MARK.encode() not in held:
+                    self.write(held)
+            return
+        self.write(line)
+
+    def feed(self, data: bytes) -> None:
+        data = self.partial + data
+        *lines, self.partial = data.split(b"\n")
+        for line in lines:
+            self._line(line + b"\n")
+        rest = self.partial.decode("utf-8", "replace").lstrip()
+        if self.partial and not self.block and not rest.startswith(("*", "E", "The operation")):
+            self.write(self.partial)  # e.g. a progress bar redrawn with '\r'
+            self.partial = b""
+
+    def flush(self) -> None:
+        if self.partial:
+            self._line(self.partial)
+            self.partial = b""
+        if self.block:
+            held = b"".join(self.block)
+            if _ALARM_MARK.encode() not in held:
+                self.write(held)
+            self.block = []

@@ -66,3 +66,29 @@ def test_cache_folder_that_cannot_be_created_turns_the_cache_off(tmp_path, capsy
         jax.config.update("jax_compilation_cache_dir", saved)
         compile_cache.reset_backend_cache()
     assert "persistent compilation cache off" in capsys.readouterr().out
+
+
+ALARM = (
+    b"E1130 17:40:53.390189   16253 slow_operation_alarm.cc:73] \n"
+    b"********************************\n"
+    b"[Compiling module jit_step_fn for CPU] Very slow compile? If you want to file a bug, run "
+    b"with envvar XLA_FLAGS=--xla_dump_to=/tmp/foo and attach the results.\n"
+    b"********************************\n"
+)
+
+
+def test_xla_slow_compile_alarm_is_dropped_and_everything_else_passes():
+    out = []
+    filt = compile_cache._AlarmFilter(out.append)
+    text = b"step 1/4 | loss 2.0\n" + ALARM + b"\rpredict [##..] 1/4" + b"\n**** a real banner\n"
+    text += (
+        b"kept ****\n" + b"E1130 slow_operation_alarm.cc:140] The operation took 2m\n" + b"end\n"
+    )
+    for i in range(0, len(text), 7):  # arbitrary chunking, as a pipe delivers it
+        filt.feed(text[i : i + 7])
+    filt.flush()
+    got = b"".join(out)
+    assert b"Very slow compile" not in got and b"slow_operation_alarm" not in got
+    assert got == (
+        b"step 1/4 | loss 2.0\n\rpredict [##..] 1/4\n**** a real banner\nkept ****\nend\n"
+    )
