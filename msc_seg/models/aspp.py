@@ -17,7 +17,7 @@ from flax import nnx
 from msc_seg.models.layers import TORCH_BN_EPS
 from msc_seg.models.resnet import make_batch_norm, make_conv
 
-# The reference's accidental ASPP BatchNorm eps (spec section 2.4).
+# The reference's accidental ASPP BatchNorm eps (docs/METHOD.md §3.4, §13).
 REFERENCE_ASPP_BN_EPS = 3e-4
 
 

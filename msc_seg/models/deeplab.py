@@ -1,6 +1,6 @@
 """DeepLabV3 on a dilated ResNet, with per-scale projectors on chosen ResNet layers.
 
-Reference: ``models/DeepLabv3.py`` (spec section 2.4). Taps default to the reference's legacy
+Reference: ``models/DeepLabv3.py`` (docs/METHOD.md §3.4). Taps default to the reference's legacy
 choice (layer1 + layer4); ``taps=("layer1", "layer3", "layer4")`` is its 3-scale option.
 Deviations from the reference (each switchable):
 * ASPP rates follow the output stride (12/24/36 at OS8, 6/12/18 at OS16); the reference

@@ -1,6 +1,6 @@
 """HRNetV2 segmentation head: concatenate the 4 branches at stride 4, then a small classifier.
 
-Two variants (spec section 2.1 / 15 item 11):
+Two variants (docs/METHOD.md §3.1, §13):
 
 * official (default; HRNet-Semantic-Segmentation ``last_layer``): Conv1x1(C->C, bias) -> BN ->
   ReLU -> Conv1x1(C->K, bias). Parameter indices 0, 1, 3 as in the official ``last_layer``.

@@ -1,4 +1,4 @@
-"""HRNetV2 and OCRNet segmentors on an HRNet backbone (spec sections 2.1, 2.2).
+"""HRNetV2 and OCRNet segmentors on an HRNet backbone (docs/METHOD.md §3.1, §3.2).
 
 Both tap the 4 stage-4 branches (before the concatenation and, for OCR, before the context
 module) for the per-scale projectors: channels [C, 2C, 4C, 8C] at strides 4, 8, 16, 32.

@@ -1,4 +1,4 @@
-"""Per-scale contrastive projector (spec section 3, reference `models/Projector.py`).
+"""Per-scale contrastive projector (docs/METHOD.md §4, reference `models/Projector.py`).
 
 [B,h,w,c] -> [B,h,w,D]: Conv1x1(c->c, no bias) -> ReLU -> BatchNorm(PyTorch momentum 0.0003)
 -> Conv1x1(c->D, bias). Note the order: the BN comes *after* the ReLU, as in the reference.

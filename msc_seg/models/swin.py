@@ -1,7 +1,7 @@
 """Swin Transformer backbone, the segmentation variant (Liu et al. 2021; Swin-Transformer-Semantic-
 Segmentation `mmseg/models/backbones/swin_transformer.py`, which the reference `models/Swin.py` is).
 
-Facts this file reproduces (spec section 19):
+Facts this file reproduces (docs/METHOD.md §14):
 * feature maps are padded (bottom/right, zeros, after `norm1`) to a multiple of the window, and
   **every odd block of every stage is shifted** whatever the resolution (the classification model
   turns the shift off when a stage is no larger than the window; at 512x512 inputs both agree);

@@ -1,6 +1,6 @@
 """UPerNet decode head, mmseg `UPerHead` style (what HF `UperNetHead` implements).
 
-Differences from the reference's CSAIL-style head (spec 2.3, 15 item 11), on purpose so that HF
+Differences from the reference's CSAIL-style head (docs/METHOD.md §3.3, §13), on purpose so that HF
 and mmseg checkpoints map one to one: the PPM ConvModule runs *before* the bilinear upsample, and
 ConvModule convs have no bias (a BatchNorm follows).
 
