@@ -179,6 +179,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.batch_size = 8  # global
     c.eval.num_images_to_log = 4
     c.eval.max_examples = 0  # 0 = the whole split
+    # Contrastive runs only (the projectors exist only then): per-scale 2-D projections of a
+    # class-balanced embedding sample and intra/inter-class cosine scalars at every evaluation.
+    c.eval.embedding_plots = True
+    c.eval.embedding_projection = "pca"  # or "tsne" (needs scikit-learn)
     c.eval.data = ml_collections.ConfigDict()  # data.pipeline.make_eval_dataset
     c.eval.data.split = ""  # "" = the dataset's own, e.g. validation (CamVid: val)
     c.eval.data.pad_shape = (512, 2048)  # every eval image (and label) is padded to this (H, W)

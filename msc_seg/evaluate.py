@@ -146,10 +146,12 @@ def report_evaluation(
     reporter: reporting.Reporter | None = None,
     images: dict | None = None,
     class_groups=(),
+    tag: str = "eval",
 ) -> dict:
     """Prints the per-class table, writes eval_<step>.json and the TensorBoard scalars/images.
 
     class_groups: (name, class ids) pairs whose mIoUs are reported too (CaDIS categories).
+    tag: the TensorBoard tag prefix ('<tag>/mIoU', '<tag>_iou/<class>', ...).
     """
     results = metrics.iou_results(cm)
     groups = metrics.group_mious(results, class_groups)
@@ -164,13 +166,13 @@ def report_evaluation(
         extra = {"group_mIoU": finite} if groups else {}
         path.write_text(metrics.results_to_json(results, class_names, step=int(step), **extra))
     if reporter is not None:
-        scalars = {f"eval/{k}": results[k] for k in ("aAcc", "mIoU", "mAcc")}
-        scalars.update({f"eval_group/{k}": v for k, v in groups.items() if np.isfinite(v)})
+        scalars = {f"{tag}/{k}": results[k] for k in ("aAcc", "mIoU", "mAcc")}
+        scalars.update({f"{tag}_group/{k}": v for k, v in groups.items() if np.isfinite(v)})
         for name, iou in zip(class_names, results["IoU"], strict=True):
             if np.isfinite(iou):
-                scalars[f"eval_iou/{name}"] = iou
+                scalars[f"{tag}_iou/{name}"] = iou
         reporter.write_scalars(step, scalars, progress=False)
-        reporter.write_text(step, "eval/table", table)
+        reporter.write_text(step, f"{tag}/table", table)
         if images:
-            reporter.write_images(step, {f"eval/{k}": v for k, v in images.items()})
+            reporter.write_images(step, {f"{tag}/{k}": v for k, v in images.items()})
     return results

@@ -27,7 +27,16 @@ import ml_collections
 import optax
 from flax import nnx
 
-from msc_seg import checkpointing, config_lib, evaluate, inference, optim, reporting
+from msc_seg import (
+    checkpointing,
+    config_lib,
+    embedding_views,
+    evaluate,
+    inference,
+    optim,
+    reporting,
+    visualize,
+)
 from msc_seg import mesh as mesh_lib
 from msc_seg.errors import ArgumentError, ConfigError
 from msc_seg.losses.contrastive import ContrastiveOptions, contrastive_loss_for_batch
@@ -151,6 +160,38 @@ def build_protocol(config: ml_collections.ConfigDict) -> inference.Protocol:
             flip=bool(p.flip),
             average=p.average,
         )
+
+
+def protocol_name(config: ml_collections.ConfigDict) -> str:
+    """A short name of the eval protocol: 'whole' or 'slide', '_ms' with test-time scales other
+    than (1.0,), '_flip' with flipping. Names --mode=eval's TensorBoard run and tags."""
+    p = config.eval.protocol
+    name = str(p.mode)
+    if tuple(float(s) for s in p.scales) != (1.0,):
+        name += "_ms"
+    return name + ("_flip" if p.flip else "")
+
+
+def embedding_projection(config: ml_collections.ConfigDict, objective: Objective) -> str | None:
+    """The 2-D projection of the evaluations' embedding views ('pca' or 'tsne'), or None when
+    they are off: `eval.embedding_plots` False, or no projectors (contrastive loss off)."""
+    e = config.eval
+    if e.embedding_projection not in embedding_views.PROJECTIONS:
+        raise config_lib._err(
+            "eval.embedding_projection",
+            e.embedding_projection,
+            f"must be one of {list(embedding_views.PROJECTIONS)}",
+        )
+    if not (e.embedding_plots and objective.needs_embeddings):
+        return None
+    if e.embedding_projection == "tsne" and not embedding_views.tsne_available():
+        raise config_lib._err(
+            "eval.embedding_projection",
+            e.embedding_projection,
+            "needs scikit-learn, which is not installed: `pip install scikit-learn`, or use "
+            "pca (or eval.embedding_plots=False)",
+        )
+    return e.embedding_projection
 
 
 def _parameters(fn) -> dict:
@@ -338,6 +379,7 @@ def validate(
         _check_scale_weights(config, model, objective)
     make_tx(config)
     build_protocol(config)
+    embedding_projection(config, objective)
     if config.model_init and not pathlib.Path(config.model_init).exists():
         raise config_lib._err(
             "model_init",
@@ -369,6 +411,9 @@ class Experiment:
     eval_step: Callable
     checkpointer: checkpointing.Checkpointer | None
     reporter: reporting.Reporter | None
+    eval_tag: str = "eval"  # TensorBoard tag prefix of the evaluations ("eval_<protocol>" in eval)
+    embedding_sampler: Callable | None = None  # embedding_views.make_embedding_sampler, or None
+    embedding_projection: str = "pca"
 
     @property
     def num_classes(self) -> int:
@@ -433,8 +478,35 @@ class Experiment:
             self.reporter,
             images,
             class_groups=self.spec.class_groups,
+            tag=self.eval_tag,
         )
+        if self.reporter is not None:
+            self._write_eval_views(state, step, cm)
         return results | {"confusion_matrix": cm}
+
+    def _write_eval_views(self, state: TrainState, step: int, cm) -> None:
+        """TensorBoard pictures of an evaluation: the row-normalised confusion matrix and, with
+        the embedding sampler, each scale's embedding projection and separability scalars."""
+        try:
+            if self.reporter.is_main:
+                title = f"confusion matrix at step {step} (rows: true class, normalised)"
+                image = visualize.confusion_matrix_image(cm, self.spec.class_names, title)
+                self.reporter.write_images(step, {f"{self.eval_tag}/confusion_matrix": image[None]})
+            if self.embedding_sampler is not None:
+                embedding_views.log_embedding_views(
+                    self.reporter,
+                    step,
+                    self.embedding_sampler,
+                    state,
+                    next(iter(self.eval_batches())),
+                    self.mesh,
+                    class_names=self.spec.class_names,
+                    palette=self.spec.palette,
+                    tag=self.eval_tag,
+                    projection=self.embedding_projection,
+                )
+        except ImportError as e:  # matplotlib missing: the evaluation itself is done and kept
+            reporting.log_and_print(f"note: no TensorBoard figures of this evaluation: {e}")
 
     def close(self) -> None:
         if self.checkpointer is not None:
@@ -479,7 +551,16 @@ def build(config: ml_collections.ConfigDict, workdir, *, mode: str) -> Experimen
         if mode in ("train", "eval")
         else None
     )
-    reporter = reporting.Reporter(workdir, config.total_steps) if mode == "train" else None
+    reporter, eval_tag = None, "eval"
+    if mode == "train":
+        reporter = reporting.Reporter(workdir, config.total_steps)
+    elif mode == "eval":  # its own TensorBoard run and tags: training's curves stay as they were
+        eval_tag = f"eval_{protocol_name(config)}"
+        reporter = _eval_mode_reporter(workdir / "eval" / protocol_name(config), config)
+    projection = embedding_projection(config, parts.objective)
+    sampler = None
+    if projection is not None and reporter is not None:
+        sampler = embedding_views.make_embedding_sampler(parts.model_def, spec.num_classes, mesh)
     return Experiment(
         config=config,
         workdir=workdir,
@@ -490,4 +571,16 @@ def build(config: ml_collections.ConfigDict, workdir, *, mode: str) -> Experimen
         eval_step=eval_step,
         checkpointer=checkpointer,
         reporter=reporter,
+        eval_tag=eval_tag,
+        embedding_sampler=sampler,
+        embedding_projection=projection or "pca",
     )
+
+
+def _eval_mode_reporter(logdir: pathlib.Path, config) -> reporting.Reporter | None:
+    """--mode=eval's writer in WORKDIR/eval/<protocol>/ (no metrics.jsonl); None with a note
+    when the workdir cannot be written (the table is still printed)."""
+    if not os.access(logdir.parents[1], os.W_OK):
+        reporting.log_and_print(f"note: {logdir.parents[1]} is not writable; no TensorBoard logs")
+        return None
+    return reporting.Reporter(logdir, config.total_steps, jsonl=False)

@@ -30,7 +30,15 @@ def format_duration(seconds: float) -> str:
 class Reporter:
     """Writes scalars/images/text and prints progress with steps/s and ETA."""
 
-    def __init__(self, workdir: str | pathlib.Path, total_steps: int, *, start_step: int = 0):
+    def __init__(
+        self,
+        workdir: str | pathlib.Path,
+        total_steps: int,
+        *,
+        start_step: int = 0,
+        jsonl: bool = True,
+    ):
+        """Event files in `workdir`; `jsonl`: also append scalars to workdir/metrics.jsonl."""
         self.workdir = pathlib.Path(workdir)
         self.is_main = jax.process_index() == 0
         from clu import metric_writers  # TensorFlow's summary writer: only when a run logs
@@ -39,7 +47,11 @@ class Reporter:
             str(self.workdir), just_logging=not self.is_main, asynchronous=True
         )
         self.total_steps = total_steps
-        self._jsonl = open(self.workdir / "metrics.jsonl", "a") if self.is_main else None  # noqa: SIM115
+        self._jsonl = (
+            open(self.workdir / "metrics.jsonl", "a")  # noqa: SIM115
+            if self.is_main and jsonl
+            else None
+        )
         self._last_time = time.time()
         self._last_step = start_step
 
@@ -79,6 +91,14 @@ class Reporter:
     def write_text(self, step: int, name: str, text: str) -> None:
         self.writer.write_texts(step, {name: f"<pre>{text}</pre>"})
 
+    def write_config(self, step: int, config: dict) -> None:
+        """The resolved config (a JSON-like dict) as TensorBoard hparams (dotted field -> value;
+        lists as text) and as the text 'config' (pretty JSON). Process 0 only."""
+        if not self.is_main:
+            return
+        self.writer.write_hparams(hparams_of(config))
+        self.write_text(step, "config", json.dumps(config, indent=2, sort_keys=True, default=str))
+
     def flush(self) -> None:
         self.writer.flush()
 
@@ -88,6 +108,21 @@ class Reporter:
         if self._jsonl is not None:
             self._jsonl.close()
             self._jsonl = None
+
+
+def hparams_of(config: dict, prefix: str = "") -> dict[str, bool | int | float | str]:
+    """A nested config dict flattened to 'section.field' -> a value TensorBoard's hparams plugin
+    takes (bool, int, float, str); lists, tuples and None become their JSON text."""
+    out = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(hparams_of(value, name + "."))
+        elif isinstance(value, bool | int | float | str):
+            out[name] = value
+        else:
+            out[name] = json.dumps(value, default=str)
+    return out
 
 
 class ProgressBar:

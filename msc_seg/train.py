@@ -11,7 +11,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from msc_seg import compile_cache, experiment, reporting
+from msc_seg import compile_cache, config_lib, experiment, reporting
 from msc_seg import mesh as mesh_lib
 from msc_seg.train_state import count_params
 
@@ -105,6 +105,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         key = jax.random.key(c.seed)
         batches = exp.train_batches(step)
         reporter = exp.reporter
+        reporter.write_config(step, config_lib.to_dict(c))  # TensorBoard hparams + text
         reporter.restart_clock(step)
         results: dict = {}
         pending = None  # (step, nonfinite flag) of the previous step, checked one step late

@@ -23,6 +23,8 @@ CONFIG_FREE = [
     "train_state.py",
     "mesh.py",
     "optim.py",
+    "visualize.py",
+    "embedding_views.py",
 ]
 
 
