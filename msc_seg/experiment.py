@@ -462,10 +462,11 @@ class Experiment:
         """Evaluates `state` on the eval split with the eval protocol; prints and writes the
         per-class table (eval_<step>.json, TensorBoard when training)."""
         e = self.config.eval
+        first: list[dict] = []  # the first host batch, kept for the embedding views
         cm, images = evaluate.run_evaluation(
             self.eval_step,
             state,
-            self.eval_batches(),
+            _keeping_first(self.eval_batches(), first),
             self.mesh,
             num_images=e.num_images_to_log,
             palette=self.spec.palette,
@@ -481,10 +482,10 @@ class Experiment:
             tag=self.eval_tag,
         )
         if self.reporter is not None:
-            self._write_eval_views(state, step, cm)
+            self._write_eval_views(state, step, cm, first[0])
         return results | {"confusion_matrix": cm}
 
-    def _write_eval_views(self, state: TrainState, step: int, cm) -> None:
+    def _write_eval_views(self, state: TrainState, step: int, cm, batch: dict) -> None:
         """TensorBoard pictures of an evaluation: the row-normalised confusion matrix and, with
         the embedding sampler, each scale's embedding projection and separability scalars."""
         try:
@@ -498,7 +499,7 @@ class Experiment:
                     step,
                     self.embedding_sampler,
                     state,
-                    next(iter(self.eval_batches())),
+                    batch,
                     self.mesh,
                     class_names=self.spec.class_names,
                     palette=self.spec.palette,
@@ -514,6 +515,14 @@ class Experiment:
             self.checkpointer.close()
         if self.reporter is not None:
             self.reporter.close()
+
+
+def _keeping_first(batches, kept: list) -> Iterator[dict]:
+    """Yields `batches`, appending the first one to `kept` (no second pass over the data)."""
+    for batch in batches:
+        if not kept:
+            kept.append(batch)
+        yield batch
 
 
 def build(config: ml_collections.ConfigDict, workdir, *, mode: str) -> Experiment:

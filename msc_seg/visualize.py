@@ -102,31 +102,32 @@ def confusion_matrix_image(
 
 def class_colors(labels: np.ndarray, palette: np.ndarray | None) -> np.ndarray:
     """float [N,3] in [0,1]: the dataset palette's colour of each label (the colours of the
-    overlays), or matplotlib's tab20 cycle when there is no palette."""
+    overlays), or the tab20 colours (tab10 first) when there is no palette."""
     labels = np.asarray(labels)
     if palette is not None and len(palette) > int(labels.max(initial=0)):
         return np.asarray(palette, np.float64)[labels] / 255.0
+    # matplotlib's tab20: its 10 saturated colours first (tab10), then their light variants.
     tab20 = np.array(
         [
             (31, 119, 180),
-            (174, 199, 232),
             (255, 127, 14),
-            (255, 187, 120),
             (44, 160, 44),
-            (152, 223, 138),
             (214, 39, 40),
-            (255, 152, 150),
             (148, 103, 189),
-            (197, 176, 213),
             (140, 86, 75),
-            (196, 156, 148),
             (227, 119, 194),
-            (247, 182, 210),
             (127, 127, 127),
-            (199, 199, 199),
             (188, 189, 34),
-            (219, 219, 141),
             (23, 190, 207),
+            (174, 199, 232),
+            (255, 187, 120),
+            (152, 223, 138),
+            (255, 152, 150),
+            (197, 176, 213),
+            (196, 156, 148),
+            (247, 182, 210),
+            (199, 199, 199),
+            (219, 219, 141),
             (158, 218, 229),
         ],
         np.float64,
