@@ -38,14 +38,11 @@ class Reporter:
         start_step: int = 0,
         jsonl: bool = True,
     ):
-        """Event files in `workdir`; `jsonl`: also append scalars to workdir/metrics.jsonl."""
+        """Event files in `workdir` (created at the first write: a run that fails before it
+        leaves no empty events file); `jsonl`: also append scalars to workdir/metrics.jsonl."""
         self.workdir = pathlib.Path(workdir)
         self.is_main = jax.process_index() == 0
-        from clu import metric_writers  # TensorFlow's summary writer: only when a run logs
-
-        self.writer = metric_writers.create_default_writer(
-            str(self.workdir), just_logging=not self.is_main, asynchronous=True
-        )
+        self._writer = None
         self.total_steps = total_steps
         self._jsonl = (
             open(self.workdir / "metrics.jsonl", "a")  # noqa: SIM115
@@ -54,6 +51,17 @@ class Reporter:
         )
         self._last_time = time.time()
         self._last_step = start_step
+
+    @property
+    def writer(self):
+        """The clu writer (TensorBoard event files on process 0, log lines elsewhere)."""
+        if self._writer is None:
+            from clu import metric_writers  # TensorFlow's summary writer: only when a run logs
+
+            self._writer = metric_writers.create_default_writer(
+                str(self.workdir), just_logging=not self.is_main, asynchronous=True
+            )
+        return self._writer
 
     def restart_clock(self, step: int) -> None:
         """Measures steps/s from `step` on, starting now (e.g. after resuming)."""
@@ -100,11 +108,13 @@ class Reporter:
         self.write_text(step, "config", json.dumps(config, indent=2, sort_keys=True, default=str))
 
     def flush(self) -> None:
-        self.writer.flush()
+        if self._writer is not None:
+            self._writer.flush()
 
     def close(self) -> None:
-        self.writer.flush()
-        self.writer.close()
+        if self._writer is not None:
+            self._writer.flush()
+            self._writer.close()
         if self._jsonl is not None:
             self._jsonl.close()
             self._jsonl = None

@@ -166,6 +166,12 @@ def test_reporter_writes_the_config_as_hparams_and_text(tmp_path):
     assert '"embedding_plots": true' in text and '"pad_shape": [' in text
 
 
+def test_a_reporter_that_writes_nothing_leaves_no_files(tmp_path):
+    # --mode=eval makes its reporter before restoring: a failed restore must leave no trace.
+    reporting.Reporter(tmp_path / "eval" / "whole", 10, jsonl=False).close()
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     from msc_seg.data import builders, registry
