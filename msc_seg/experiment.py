@@ -460,7 +460,8 @@ class Experiment:
 
     def evaluate(self, state: TrainState, step: int) -> dict:
         """Evaluates `state` on the eval split with the eval protocol; prints and writes the
-        per-class table (eval_<step>.json, TensorBoard when training)."""
+        per-class table (eval_<step>.json) and, with a reporter, TensorBoard scalars, overlays,
+        the confusion matrix and the embedding views (tags prefixed `eval_tag`)."""
         e = self.config.eval
         first: list[dict] = []  # the first host batch, kept for the embedding views
         cm, images = evaluate.run_evaluation(

@@ -184,7 +184,9 @@ def plot_workdir(workdir: str | pathlib.Path, out: str | pathlib.Path | None = N
         figures["losses.png"] = losses_figure(series)
     if "learning_rate" in series:
         figures["learning_rate.png"] = _line_figure(
-            "learning rate", "learning rate", {"learning_rate": series["learning_rate"]}
+            "learning rate (mean over each logging interval)",
+            "learning rate",
+            {"learning_rate": series["learning_rate"]},
         )
     lines = miou_lines(series, evaluations)
     if lines:
