@@ -587,10 +587,8 @@ def build(config: ml_collections.ConfigDict, workdir, *, mode: str) -> Experimen
     )
 
 
-def _eval_mode_reporter(logdir: pathlib.Path, config) -> reporting.Reporter | None:
-    """--mode=eval's writer in WORKDIR/eval/<protocol>/ (no metrics.jsonl); None with a note
-    when the workdir cannot be written (the table is still printed)."""
-    if not os.access(logdir.parents[1], os.W_OK):
-        reporting.log_and_print(f"note: {logdir.parents[1]} is not writable; no TensorBoard logs")
-        return None
+def _eval_mode_reporter(logdir: pathlib.Path, config) -> reporting.Reporter:
+    """--mode=eval's writer in WORKDIR/eval/<protocol>/, no metrics.jsonl. Made on every process
+    (the embedding sampler is a collective program: all processes run it or none); its files
+    appear at the first write."""
     return reporting.Reporter(logdir, config.total_steps, jsonl=False)
