@@ -172,7 +172,7 @@ def tsne_available() -> bool:
 
 def project_2d(x: np.ndarray, method: str = "pca") -> tuple[np.ndarray, tuple[str, str]]:
     """(points [N,2], axis names) of unit-normalised rows (the loss compares directions):
-    "pca" or "tsne" (cosine t-SNE, scikit-learn, seconds per thousand points)."""
+    "pca" or "tsne" (cosine t-SNE, scikit-learn; tens of seconds for 500 points on a CPU)."""
     unit = _unit_rows(x)
     if method == "tsne":
         from sklearn.manifold import TSNE
