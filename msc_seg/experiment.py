@@ -434,13 +434,16 @@ def validate(
     return spec
 
 
-def check_prepared_dataset(config: ml_collections.ConfigDict, spec, data_dir: str) -> list[str]:
+def check_prepared_dataset(
+    config: ml_collections.ConfigDict, spec, data_dir: str, *, for_training: bool = True
+) -> list[str]:
     """The start-up checks against the prepared dataset, before the workdir is touched.
 
-    The train and eval splits exist; the eval canvas and the train crop against the largest
-    images (the registry's max_image_shape, else the splits' sizes in dataset_stats.json); the
-    label ids seen at prepare time against the class list. ConfigError naming the field or the
-    dataset file; returns a one-line note for each check the data cannot answer (no stats file).
+    The eval split (and, for training, the train split) exists; the eval canvas and the train
+    crop against the largest images (the registry's max_image_shape, else the splits' sizes in
+    dataset_stats.json); the label ids seen at prepare time against the class list. ConfigError
+    naming the field or the dataset file; returns a one-line note for each check the data cannot
+    answer (no stats file).
     """
     from msc_seg.data import builders
     from msc_seg.data import stats as stats_lib
@@ -451,7 +454,9 @@ def check_prepared_dataset(config: ml_collections.ConfigDict, spec, data_dir: st
         "train": ("dataset.train.split", config.dataset.train.split or spec.train_split),
         "eval": ("eval.data.split", config.eval.data.split or spec.eval_split),
     }
-    for field, split in splits.values():
+    for which, (field, split) in splits.items():
+        if which == "train" and not for_training:
+            continue
         try:
             builders.check_split(builder, spec, split)
         except ValueError:
@@ -597,7 +602,7 @@ def build(config: ml_collections.ConfigDict, workdir, *, mode: str) -> Experimen
         from msc_seg.data import builders
 
         builders.prepare_dataset(spec, data_dir)
-        for note in check_prepared_dataset(config, spec, data_dir):
+        for note in check_prepared_dataset(config, spec, data_dir, for_training=training):
             reporting.log_and_print(f"note: {note}")
     mesh = mesh_lib.make_mesh(config.mesh.data)
     # Builds the model (checking its arguments) after the cheap checks above.

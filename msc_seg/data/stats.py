@@ -368,21 +368,22 @@ def summary(spec: DatasetSpec, stats: DatasetStats, *, eval_split: str | None = 
 def class_table(stats: DatasetStats) -> str:
     """Per class and split: share of the labelled pixels (%) and number of images holding it."""
     names = stats.class_names
-    width = max([5] + [len(n) for n in names])
+    width = max([8] + [len(n) for n in names])
     splits = list(stats.splits)
+    cols = {s: max(8, len(s) + 4) for s in splits}
     head = f"  {'id':>3}  {'class':<{width}}" + "".join(
-        f"  {s[:16] + ' px%':>20}  {'images':>7}" for s in splits
+        f"  {s + ' px%':>{cols[s]}}  {'images':>6}" for s in splits
     )
     lines = [head]
     for c, name in enumerate(names):
         row = f"  {c:>3}  {name:<{width}}"
         for s in splits:
             st = stats.splits[s]
-            row += f"  {100 * st.pixel_share[c]:>20.3f}  {st.class_images[c]:>7}"
+            row += f"  {100 * st.pixel_share[c]:>{cols[s]}.3f}  {st.class_images[c]:>6}"
         lines.append(row)
     ignore = f"  {'':>3}  {'(ignore)':<{width}}" + "".join(
-        f"  {100 * stats.splits[s].ignore_share:>19.3f}*  {'':>7}" for s in splits
+        f"  {100 * stats.splits[s].ignore_share:>{cols[s] - 1}.3f}*  {'':>6}" for s in splits
     )
-    lines.append(ignore)
+    lines.append(ignore.rstrip())
     lines.append("  px%: share of the split's labelled pixels; *: share of all its pixels")
     return "\n".join(lines)
