@@ -600,8 +600,11 @@ def build(config: ml_collections.ConfigDict, workdir, *, mode: str) -> Experimen
     data_dir = resolve_data_dir(config)
     if mode != "predict":  # the data is checked before the workdir is touched
         from msc_seg.data import builders
+        from msc_seg.data import stats as stats_lib
 
-        builders.prepare_dataset(spec, data_dir)
+        if not builders.make_builder(spec, data_dir).is_prepared():  # the demo builds itself
+            builders.prepare_dataset(spec, data_dir)
+            stats_lib.ensure_stats(spec, data_dir)  # as the prepare CLI does after a build
         for note in check_prepared_dataset(config, spec, data_dir, for_training=training):
             reporting.log_and_print(f"note: {note}")
     mesh = mesh_lib.make_mesh(config.mesh.data)
