@@ -444,7 +444,7 @@ def check_against_dataset(
                     "dataset_stats.json; `python -m msc_seg.data.prepare ... --stats` writes it)"
                 )
             continue
-        source = "" if fixed else f" ({which} split, dataset_stats.json)"
+        source = "" if fixed else f", the largest {which} image in dataset_stats.json"
         if which == "train":
             _check_crop(config, spec, max_hw, source)
         else:

@@ -202,7 +202,8 @@ def test_eval_canvas_smaller_than_the_images_is_refused_at_start(prepared, tmp_p
     with pytest.raises(config_lib.ConfigError) as info:
         experiment.build(config, workdir, mode="train")
     message = str(info.value)
-    assert "`eval.data.pad_shape` = (32, 64)" in message and "(40x64 (eval split" in message
+    assert "`eval.data.pad_shape` = (32, 64)" in message
+    assert "(40x64, the largest eval image in dataset_stats.json)" in message
     assert "use at least (64, 64)" in message
     assert not workdir.exists()
 
