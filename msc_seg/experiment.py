@@ -139,8 +139,12 @@ def class_weights(
     path = stats_lib.stats_path(spec, data_dir)
     version = path.stat().st_mtime_ns if path.exists() else 0  # a rewritten file is read again
     weights = _weights_from_stats(spec, data_dir, split, scheme, version)
-    if len(weights) != num_classes:  # a spec whose class list changed after the stats
-        raise config_lib._err("loss.class_weights", value, "stats of another class list")
+    if len(weights) != num_classes:  # a caller whose class count is not the dataset's
+        raise config_lib._err(
+            "loss.class_weights",
+            value,
+            f"gives {len(weights)} weights ({spec.name}) for a model of {num_classes} classes",
+        )
     return weights
 
 
