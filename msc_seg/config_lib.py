@@ -19,6 +19,7 @@ from collections.abc import Mapping
 import ml_collections
 
 from msc_seg.errors import ConfigError
+from msc_seg.losses.class_weights import SCHEMES as CLASS_WEIGHT_SCHEMES
 
 __all__ = ["ConfigError"]  # re-exported: callers catch config_lib.ConfigError
 
@@ -140,7 +141,10 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.loss = ml_collections.ConfigDict()
     c.loss.aux_weight = 0.4
-    c.loss.class_weights = ()  # () = unweighted CE; else one weight per class
+    # () = unweighted CE; K floats (one per class); or "inverse_freq" / "median_freq" / "enet",
+    # computed from the train split's dataset_stats.json (losses/class_weights.py). Any type:
+    # a scheme name and a list are both accepted, from config files and --config overrides.
+    c.loss.class_weights = ml_collections.FieldReference((), field_type=object)
     c.loss.contrastive = ml_collections.ConfigDict()  # weight + losses.ContrastiveOptions
     c.loss.contrastive.weight = 0.0  # 0 turns the contrastive term (and the projectors) off
     c.loss.contrastive.temperature = 0.1
@@ -382,11 +386,77 @@ def validate(config: ml_collections.ConfigDict, facts: RuntimeFacts) -> None:
         )
 
 
-def check_against_dataset(config: ml_collections.ConfigDict, spec) -> None:
-    """Crops and canvas against the dataset's largest image (when the registry knows it)."""
-    max_hw = getattr(spec, "max_image_shape", None)
-    if max_hw is None:
+def class_weight_scheme(value) -> str | None:
+    """The scheme name `loss.class_weights` holds ("median_freq", also as the 1-tuple
+    ("median_freq",) that an override of a tuple-typed field gives), or None for weights."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list | tuple) and len(value) == 1 and isinstance(value[0], str):
+        return value[0]
+    return None
+
+
+def _check_class_weights(config: ml_collections.ConfigDict, spec) -> None:
+    value = config.loss.class_weights
+    scheme = class_weight_scheme(value)
+    if scheme is not None:
+        if scheme not in CLASS_WEIGHT_SCHEMES:
+            raise _err(
+                "loss.class_weights",
+                value,
+                f"unknown scheme; use one of {', '.join(CLASS_WEIGHT_SCHEMES)}, one weight per "
+                "class, or () (docs/DATASETS.md, class weights)",
+            )
         return
+    try:
+        weights = [float(w) for w in value or ()]
+    except (TypeError, ValueError):
+        weights = None
+    if weights is None or (weights and len(weights) != spec.num_classes):
+        raise _err(
+            "loss.class_weights",
+            value,
+            f"needs one weight per class ({spec.num_classes} for '{spec.name}'), a scheme "
+            f"({', '.join(CLASS_WEIGHT_SCHEMES)}) or ()",
+        )
+
+
+def check_against_dataset(
+    config: ml_collections.ConfigDict,
+    spec,
+    image_shapes: Mapping[str, tuple[int, int] | None] | None = None,
+) -> list[str]:
+    """Crops and eval canvas against the dataset's largest images; class weights vs classes.
+
+    The image bound is the registry's `spec.max_image_shape` when it has one, else
+    `image_shapes` ({"train": (H, W), "eval": (H, W)}: the largest image of the train and eval
+    splits, from the prepared dataset's stats; None = unknown). ConfigError naming the field;
+    returns one note per check that could not be made (only when `image_shapes` is given: the
+    start-up check of a prepared dataset, see experiment.check_prepared_dataset).
+    """
+    _check_class_weights(config, spec)
+    notes = []
+    fixed = getattr(spec, "max_image_shape", None)
+    for which in ("train", "eval"):
+        max_hw = fixed or (image_shapes or {}).get(which)
+        if max_hw is None:
+            if image_shapes is not None:
+                field = "dataset.train.crop_size" if which == "train" else "eval.data.pad_shape"
+                notes.append(
+                    f"`{field}` not checked against the {which} images of '{spec.name}': their "
+                    "size is unknown (no max_image_shape in the dataset description and no "
+                    "dataset_stats.json; `python -m msc_seg.data.prepare ... --stats` writes it)"
+                )
+            continue
+        source = "" if fixed else f", the largest {which} image in dataset_stats.json"
+        if which == "train":
+            _check_crop(config, spec, max_hw, source)
+        else:
+            _check_canvas(config, spec, max_hw, source)
+    return notes
+
+
+def _check_crop(config, spec, max_hw, source: str) -> None:
     train = config.dataset.train
     crop = tuple(int(v) for v in train.crop_size)
     hi = train.scale_range[1]
@@ -394,25 +464,25 @@ def check_against_dataset(config: ml_collections.ConfigDict, spec) -> None:
         raise _err(
             "dataset.train.crop_size",
             train.crop_size,
-            f"is larger than the images of dataset '{spec.name}' ({max_hw[0]}x{max_hw[1]}) "
-            f"even at the largest random scale {hi}; every crop would be mostly padding. "
-            "Use a smaller crop_size or a larger scale_range",
+            f"is larger than the images of dataset '{spec.name}' ({max_hw[0]}x{max_hw[1]}"
+            f"{source}) even at the largest random scale {hi}; every crop would be mostly "
+            "padding. Use a smaller crop_size or a larger scale_range",
         )
+
+
+def _check_canvas(config, spec, max_hw, source: str) -> None:
     data = config.eval.data
     pad = tuple(int(v) for v in data.pad_shape)
     if not (data.resize_short_side or data.resize_long_side) and (
         pad[0] < max_hw[0] or pad[1] < max_hw[1]
     ):
+        need = tuple(-(-v // MODEL_STRIDE) * MODEL_STRIDE for v in max_hw)
         raise _err(
             "eval.data.pad_shape",
             data.pad_shape,
-            f"is smaller than the images of dataset '{spec.name}' ({max_hw[0]}x{max_hw[1]})",
-        )
-    if config.loss.class_weights and len(config.loss.class_weights) != spec.num_classes:
-        raise _err(
-            "loss.class_weights",
-            config.loss.class_weights,
-            f"needs one weight per class ({spec.num_classes} for '{spec.name}') or ()",
+            f"is smaller than the images of dataset '{spec.name}' ({max_hw[0]}x{max_hw[1]}"
+            f"{source}); use at least ({need[0]}, {need[1]}), or resize the eval images "
+            "(eval.data.resize_short_side / resize_long_side)",
         )
 
 

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax import nnx
 
@@ -124,8 +125,89 @@ def make_contrastive_options(config: ml_collections.ConfigDict) -> ContrastiveOp
             raise _unknown_fields_error("loss.contrastive", kwargs, ContrastiveOptions) from e
 
 
-def build_objective(config: ml_collections.ConfigDict, num_classes: int) -> Objective:
-    """CE + aux CE + contrastive, from `loss` (the contrastive loss only when its weight > 0)."""
+def class_weights(
+    config: ml_collections.ConfigDict, num_classes: int, *, for_training: bool = True
+) -> tuple[float, ...]:
+    """`loss.class_weights` as K floats (or () = unweighted).
+
+    A list is taken as it is. A scheme name ("inverse_freq", "median_freq", "enet"; formulas in
+    losses/class_weights.py) is computed from the train split's counts in the prepared dataset's
+    dataset_stats.json; outside training (eval, predict: no loss is computed) it gives ().
+    """
+    value = config.loss.class_weights
+    scheme = config_lib.class_weight_scheme(value)
+    if scheme is None:
+        return tuple(float(w) for w in value or ())
+    if not for_training:
+        return ()
+    from msc_seg.data import stats as stats_lib
+
+    spec = dataset_spec(config)
+    split = config.dataset.train.split or spec.train_split
+    data_dir = resolve_data_dir(config)
+    path = stats_lib.stats_path(spec, data_dir)
+    version = path.stat().st_mtime_ns if path.exists() else 0  # a rewritten file is read again
+    weights = _weights_from_stats(spec, data_dir, split, scheme, version)
+    if len(weights) != num_classes:  # a caller whose class count is not the dataset's
+        raise config_lib._err(
+            "loss.class_weights",
+            value,
+            f"gives {len(weights)} weights ({spec.name}) for a model of {num_classes} classes",
+        )
+    return weights
+
+
+@functools.lru_cache(maxsize=8)
+def _weights_from_stats(spec, data_dir: str, split: str, scheme: str, version: int):
+    """Computed once per (dataset, split, scheme, file version); prints which classes get
+    weight 0."""
+    del version  # only a cache key
+    from msc_seg.data import stats as stats_lib
+    from msc_seg.losses.class_weights import class_weights as weights_of
+
+    stats = stats_lib.load_stats(spec, data_dir)
+    rerun = (
+        f"run `python -m msc_seg.data.prepare --dataset={spec.name} --data_dir={data_dir} "
+        "--stats` first"
+    )
+    if stats is None or not stats.fresh:
+        path = stats_lib.stats_path(spec, data_dir)
+        why = "does not exist" if stats is None else "was computed for another class list"
+        raise config_lib._err(
+            "loss.class_weights", scheme, f"needs the class counts in {path}, which {why}; {rerun}"
+        )
+    names = stats_lib.split_names(split)
+    missing = [n for n in names if n not in stats.splits]
+    if missing or not names:
+        raise config_lib._err(
+            "loss.class_weights",
+            scheme,
+            f"{stats.path} has no counts of split {split!r} (dataset.train.split); splits: "
+            f"{', '.join(stats.splits)}",
+        )
+    pixels = sum(np.asarray(stats.splits[n].class_pixels, np.int64) for n in names)
+    image_pixels = sum(np.asarray(stats.splits[n].class_image_pixels, np.int64) for n in names)
+    try:
+        weights = weights_of(scheme, pixels, image_pixels)
+    except ValueError as e:
+        raise config_lib._err("loss.class_weights", scheme, f"{e} ({split!r}); {rerun}") from None
+    zero = [spec.class_names[c] for c in np.flatnonzero(pixels == 0)]
+    if zero:
+        reporting.log_and_print(
+            f"note: loss.class_weights={scheme}: {len(zero)} classes have 0 pixels in split "
+            f"{split!r} and get weight 0: {', '.join(zero)}"
+        )
+    return tuple(float(w) for w in weights)
+
+
+def build_objective(
+    config: ml_collections.ConfigDict, num_classes: int, *, for_training: bool = True
+) -> Objective:
+    """CE + aux CE + contrastive, from `loss` (the contrastive loss only when its weight > 0).
+
+    for_training=False (eval, predict) leaves out class weights computed from the dataset's
+    stats (no loss is computed there; see `class_weights`).
+    """
     loss = config.loss
     contrastive = None
     if loss.contrastive.weight > 0:
@@ -142,7 +224,7 @@ def build_objective(config: ml_collections.ConfigDict, num_classes: int) -> Obje
     with config_section("loss", renames):
         return make_objective(
             aux_weight=loss.aux_weight,
-            class_weights=tuple(loss.class_weights),
+            class_weights=class_weights(config, num_classes, for_training=for_training),
             contrastive=contrastive,
             contrastive_weight=loss.contrastive.weight,
             num_classes=num_classes,
@@ -320,9 +402,12 @@ class TrainParts:
     train_step: Callable
 
 
-def build_train_parts(config: ml_collections.ConfigDict, num_classes: int, mesh) -> TrainParts:
-    """The model, optimizer, objective, state factory and jitted train step of `config`."""
-    objective = build_objective(config, num_classes)
+def build_train_parts(
+    config: ml_collections.ConfigDict, num_classes: int, mesh, *, for_training: bool = True
+) -> TrainParts:
+    """The model, optimizer, objective, state factory and jitted train step of `config`
+    (for_training=False: see `build_objective`)."""
+    objective = build_objective(config, num_classes, for_training=for_training)
     tx, schedule = make_tx(config)
     build = model_builder(config, num_classes, objective)
     model_def, create, abstract = make_state_factory(build, tx, mesh, config.seed)
@@ -357,20 +442,25 @@ def make_eval_step(config: ml_collections.ConfigDict, model_def: ModelDef, num_c
 
 
 def validate(
-    config: ml_collections.ConfigDict, facts: config_lib.RuntimeFacts, *, check_model: bool = True
+    config: ml_collections.ConfigDict,
+    facts: config_lib.RuntimeFacts,
+    *,
+    check_model: bool = True,
+    for_training: bool = True,
 ):
     """Runs every check a run makes before it starts, without allocating any weights.
 
     Cross-field checks (config_lib), renamed/unknown fields, the dataset, the model's arguments
     (names against the segmentor's signature; with check_model also the constructor's own checks
     and the scale weights, by building the model abstractly), optimizer, schedule, objective and
-    eval protocol. Returns the DatasetSpec. Raises ConfigError naming the field.
+    eval protocol. Returns the DatasetSpec. Raises ConfigError naming the field. The checks
+    against the prepared data are `check_prepared_dataset`'s.
     """
     config_lib.upgrade(config)
     config_lib.validate(config, facts)
     spec = dataset_spec(config)
     config_lib.check_against_dataset(config, spec)
-    objective = build_objective(config, spec.num_classes)
+    objective = build_objective(config, spec.num_classes, for_training=for_training)
     model_kwargs(config, spec.num_classes, objective)
     if check_model:
         model = nnx.eval_shape(
@@ -388,6 +478,61 @@ def validate(
             "or set model_init=''",
         )
     return spec
+
+
+def check_prepared_dataset(
+    config: ml_collections.ConfigDict, spec, data_dir: str, *, for_training: bool = True
+) -> list[str]:
+    """The start-up checks against the prepared dataset, before the workdir is touched.
+
+    The eval split (and, for training, the train split) exists; the eval canvas and the train
+    crop against the largest images (the registry's max_image_shape, else the splits' sizes in
+    dataset_stats.json); the label ids seen at prepare time against the class list. ConfigError
+    naming the field or the dataset file; returns a one-line note for each check the data cannot
+    answer (no stats file).
+    """
+    from msc_seg.data import builders
+    from msc_seg.data import stats as stats_lib
+
+    builder = builders.prepared_builder(spec, data_dir)
+    available = sorted(builder.info.splits.keys())
+    splits = {
+        "train": ("dataset.train.split", config.dataset.train.split or spec.train_split),
+        "eval": ("eval.data.split", config.eval.data.split or spec.eval_split),
+    }
+    for which, (field, split) in splits.items():
+        if which == "train" and not for_training:
+            continue
+        try:
+            builders.check_split(builder, spec, split)
+        except ValueError:
+            raise config_lib._err(
+                field,
+                split,
+                f"dataset '{spec.name}' in {data_dir} has no such split; its splits: "
+                f"{', '.join(available)} (or a tfds split expression over them, e.g. "
+                "'validation+test')",
+            ) from None
+    stats = stats_lib.load_stats(spec, data_dir)
+    shapes = {
+        which: stats_lib.max_image_shape(stats, split) if stats else None
+        for which, (_, split) in splits.items()
+    }
+    notes = config_lib.check_against_dataset(config, spec, shapes)
+    if stats is None:
+        notes.append(
+            f"label ids of '{spec.name}' not checked against its {spec.num_classes} classes: "
+            f"no {stats_lib.stats_path(spec, data_dir)} (`python -m msc_seg.data.prepare "
+            f"--dataset={spec.name} --data_dir={data_dir} --stats` writes it)"
+        )
+        return notes
+    unknown = stats_lib.unknown_raw_ids(spec, stats)
+    if unknown:
+        message = stats_lib.unknown_ids_message(spec, unknown)
+        if not stats.unknown_ids_accepted:
+            raise ConfigError(message)
+        notes.append(f"{message} (accepted at prepare: --unknown_label_ids=ignore)")
+    return notes
 
 
 def runtime_facts() -> config_lib.RuntimeFacts:
@@ -536,9 +681,21 @@ def build(config: ml_collections.ConfigDict, workdir, *, mode: str) -> Experimen
     workdir = pathlib.Path(workdir) if workdir else None
     for note in config_lib.upgrade(config):
         reporting.log_and_print(f"note: {note}")
-    spec = validate(config, runtime_facts(), check_model=False)  # the model is built below
+    training = mode == "train"
+    spec = validate(config, runtime_facts(), check_model=False, for_training=training)
+    data_dir = resolve_data_dir(config)
+    if mode != "predict":  # the data is checked before the workdir is touched
+        from msc_seg.data import builders
+        from msc_seg.data import stats as stats_lib
+
+        if not builders.make_builder(spec, data_dir).is_prepared():  # the demo builds itself
+            builders.prepare_dataset(spec, data_dir)
+            stats_lib.ensure_stats(spec, data_dir)  # as the prepare CLI does after a build
+        for note in check_prepared_dataset(config, spec, data_dir, for_training=training):
+            reporting.log_and_print(f"note: {note}")
     mesh = mesh_lib.make_mesh(config.mesh.data)
-    parts = build_train_parts(config, spec.num_classes, mesh)  # checks the model's arguments
+    # Builds the model (checking its arguments) after the cheap checks above.
+    parts = build_train_parts(config, spec.num_classes, mesh, for_training=training)
     current = config_lib.to_dict(config)
     if mode == "train":
         checkpointing.check_workdir_config(workdir, current, what="this config")
@@ -550,11 +707,6 @@ def build(config: ml_collections.ConfigDict, workdir, *, mode: str) -> Experimen
             )
         if workdir.exists():
             checkpointing.check_workdir_config(workdir, current, what="--config")
-    data_dir = resolve_data_dir(config)
-    if mode != "predict":
-        from msc_seg.data import builders
-
-        builders.prepare_dataset(spec, data_dir)
     eval_step = make_eval_step(config, parts.model_def, spec.num_classes)
     checkpointer = (
         checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)

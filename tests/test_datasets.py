@@ -580,3 +580,17 @@ def test_camvid_train_class_histogram_matches_the_data_readme(camvid_dir):
     fractions = counts / counts.sum()
     expected = np.array([*CAMVID_TRAIN_FRACTIONS, CAMVID_VOID_FRACTION])
     np.testing.assert_allclose(fractions, expected, atol=0.001)  # README rounds to 3 decimals
+
+
+def test_camvid_dataset_stats_match_the_data_readme(camvid_dir):
+    from msc_seg.data import stats as stats_lib
+
+    spec = get_dataset_spec("camvid")
+    stats = stats_lib.compute_stats(spec, camvid_dir)
+    train = stats.splits["train"]
+    of_all_pixels = np.asarray(train.class_pixels) / train.total_pixels
+    np.testing.assert_allclose(of_all_pixels, CAMVID_TRAIN_FRACTIONS, atol=0.001)
+    assert train.ignore_share == pytest.approx(CAMVID_VOID_FRACTION, abs=0.001)
+    assert {s.max_image_shape for s in stats.splits.values()} == {(360, 480)}
+    assert [s.num_images for s in stats.splits.values()] == [233, 367, 101]  # test, train, val
+    assert stats_lib.unknown_raw_ids(spec, stats) == {}

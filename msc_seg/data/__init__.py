@@ -14,5 +14,7 @@ label, normalisation, the eval resize rule) stays free of TensorFlow:
   transforms     tf.data transforms: train augmentation, normalize (TF), resize_for_eval
   ade20k, cadis, camvid, cityscapes, demo, pascal_context: the built-in datasets' tables
   demo_builder, folder_builder, layouts: the tfds builders and the folder layouts they read
-  prepare        `python -m msc_seg.data.prepare`: builds a dataset into a tfds data_dir
+  stats          dataset_stats.json: per-class counts, image sizes, label ids per split
+  prepare        `python -m msc_seg.data.prepare`: builds a dataset into a tfds data_dir and
+                 profiles it (stats)
 """

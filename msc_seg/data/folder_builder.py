@@ -190,8 +190,14 @@ def _unknown_values_message(config: FolderConfig, problems: list[_UnknownValues]
         for p in problems[:10]
     )
     more = f"; ... and {len(problems) - 10} more files" if len(problems) > 10 else ""
+    hint = (
+        " If they are classes, the class list is too short: add their names."
+        if config.label_format != "palette"
+        else " If they are classes, add their names and colours to the class list and palette."
+    )
     return (
         f"Folder dataset {config.name!r}: {len(problems)} label files hold {what}: {shown}{more}."
+        + hint
     )
 
 

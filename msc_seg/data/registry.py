@@ -60,7 +60,10 @@ class DatasetSpec:
       class_groups: (group name, class ids) pairs reported as extra mIoUs (CaDIS categories).
       download_hint: how a user obtains the raw data (shown in preparation errors).
       max_image_shape: (H, W) bound on every image of the dataset, when one is known (config
-        validation checks crops and eval.pad_shape against it); None for variable sizes.
+        validation checks crops and eval.pad_shape against it); None for variable sizes (then
+        the prepared dataset's `dataset_stats.json` gives it, see data/stats.py).
+      spec_file: the JSON description file the dataset was registered from ("" for datasets
+        registered in code); errors about the description name it.
     """
 
     name: str
@@ -84,6 +87,7 @@ class DatasetSpec:
     class_groups: tuple[tuple[str, tuple[int, ...]], ...] = ()
     download_hint: str = ""
     max_image_shape: tuple[int, int] | None = None
+    spec_file: str = dataclasses.field(default="", compare=False)
 
     def __post_init__(self):
         palette = np.asarray(self.palette, dtype=np.uint8)
@@ -123,6 +127,13 @@ class DatasetSpec:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def described_in(self) -> str:
+        """Where this dataset's description (class list, label ids) lives, for messages."""
+        if self.spec_file:
+            return f"dataset file {self.spec_file}"
+        return f"the registration of dataset {self.name!r} (register_folder_dataset / registry.py)"
 
     @property
     def categories(self) -> dict[str, tuple[int, ...]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -57,7 +57,9 @@ def register_folder_dataset(
     train_split: str = "train",
     eval_split: str = "validation",
     max_image_shape: Sequence[int] | None = None,
+    class_groups: Mapping[str, Sequence[int | str]] | None = None,
     download_hint: str = "",
+    spec_file: str = "",
 ) -> DatasetSpec:
     """Registers a dataset stored as ROOT/<image_dir>/<split>/NAME.* + ROOT/<label_dir>/<split>/
     NAME.png and returns its spec; build it with `python -m msc_seg.data.prepare --dataset=NAME
@@ -66,7 +68,9 @@ def register_folder_dataset(
     label_format "ids": labels hold raw ids; raw id k is class k - label_offset, ids in
     ignore_ids are ignored. label_format "palette": labels are RGB images in the class colours of
     `palette` (required then); `ignore_colors` mean ignore. `palette` defaults to
-    `default_palette` for id labels.
+    `default_palette` for id labels. `class_groups` ({group name: class names or ids}) are
+    reported as extra mIoUs over those classes (e.g. {"objects": [every class but background]}).
+    `spec_file`: the JSON file the description comes from (named in errors).
     """
     if isinstance(class_names, str) or not class_names:
         raise ValueError(f"Dataset {name!r}: give the class names as a non-empty list.")
@@ -104,8 +108,46 @@ def register_folder_dataset(
             or f"Arrange the files as ROOT/{image_dir}/<split>/NAME.(jpg|png) and "
             f"ROOT/{label_dir}/<split>/NAME.png.",
             max_image_shape=tuple(int(v) for v in max_image_shape) if max_image_shape else None,
+            class_groups=_class_groups(name, class_names, class_groups),
+            spec_file=str(spec_file),
         )
     )
+
+
+def _class_groups(name, class_names, groups) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """{group: class names or ids} -> ((group, class ids), ...); unknown names are errors."""
+    if not groups:
+        return ()
+    if not isinstance(groups, Mapping):
+        raise ValueError(
+            f"Dataset {name!r}: class_groups must map a group name to a list of class names "
+            'or ids, e.g. {"objects": ["car", "person"]}.'
+        )
+    out = []
+    for group, members in groups.items():
+        if isinstance(members, str | int) or not members:
+            raise ValueError(
+                f"Dataset {name!r}: class group {group!r} must be a non-empty list of class "
+                "names or ids."
+            )
+        ids = []
+        for m in members:
+            if isinstance(m, str):
+                if m not in class_names:
+                    raise ValueError(
+                        f"Dataset {name!r}: class group {group!r} names {m!r}, which is not in "
+                        "classes."
+                    )
+                ids.append(class_names.index(m))
+            elif isinstance(m, int) and 0 <= m < len(class_names):
+                ids.append(int(m))
+            else:
+                raise ValueError(
+                    f"Dataset {name!r}: class group {group!r} holds {m!r}; use class names or "
+                    f"ids in [0, {len(class_names)})."
+                )
+        out.append((str(group), tuple(ids)))
+    return tuple(out)
 
 
 _FILE_FIELDS = {
@@ -121,6 +163,7 @@ _FILE_FIELDS = {
     "train_split": "train_split",
     "eval_split": "eval_split",
     "max_image_shape": "max_image_shape",
+    "class_groups": "class_groups",
     "download_hint": "download_hint",
 }
 
@@ -131,7 +174,8 @@ def register_dataset_file(path: str | pathlib.Path) -> DatasetSpec:
     The file holds an object with "name" and "classes" (required) and optionally the other
     arguments of `register_folder_dataset`: "palette", "label_format", "ignore_ids",
     "label_offset", "ignore_colors", "image_dir", "label_dir", "train_split", "eval_split",
-    "max_image_shape", "download_hint". Errors name the file.
+    "max_image_shape", "class_groups", "download_hint" (docs/DATASETS.md describes each).
+    Errors name the file.
     """
     path = pathlib.Path(path).expanduser()
     try:
@@ -150,6 +194,7 @@ def register_dataset_file(path: str | pathlib.Path) -> DatasetSpec:
             + f"known keys: {sorted(_FILE_FIELDS)}."
         )
     kwargs = {_FILE_FIELDS[k]: v for k, v in fields.items()}
+    kwargs["spec_file"] = str(path)
     try:
         return register_folder_dataset(**kwargs)
     except (ValueError, TypeError) as e:
