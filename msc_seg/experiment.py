@@ -153,6 +153,35 @@ def build_protocol(config: ml_collections.ConfigDict) -> inference.Protocol:
         )
 
 
+def protocol_tag(config) -> str:
+    """A short, stable name of an evaluation protocol (config or config dict): what decides the
+    numbers (split, resizes, windows, scales, flip, averaging, max_examples), e.g.
+    'slide512x512s341x341_ms0.5-1-1.5_flip'. Evaluations whose tags differ write different
+    eval_<step>_<tag>.json files."""
+    c = config if isinstance(config, dict) else config_lib.to_dict(config)
+    e = c.get("eval", {})
+    data, p = e.get("data", {}), e.get("protocol", {})
+    parts = [p.get("mode", "whole")]
+    if p.get("mode") == "slide":
+        window, stride = p.get("window", ()), p.get("stride", ())
+        parts[0] += "x".join(map(str, window)) + "s" + "x".join(map(str, stride))
+    scales = [float(v) for v in p.get("scales", (1.0,))]
+    if scales != [1.0]:
+        parts.append("ms" + "-".join(f"{v:g}" for v in scales))
+    if p.get("flip"):
+        parts.append("flip")
+    if p.get("average", "logits") != "logits":
+        parts.append(str(p["average"]))
+    for key, short in (("resize_short_side", "short"), ("resize_long_side", "long")):
+        if data.get(key):
+            parts.append(f"{short}{data[key]}")
+    if data.get("split"):
+        parts.append(str(data["split"]))
+    if e.get("max_examples"):
+        parts.append(f"first{e['max_examples']}")
+    return "_".join(parts).replace("/", "-")
+
+
 def _parameters(fn) -> dict:
     """The parameters of a function or of a class's __init__ (nnx modules hide theirs)."""
     return dict(inspect.signature(fn.__init__ if inspect.isclass(fn) else fn).parameters)
@@ -348,6 +377,38 @@ def validate(
     return spec
 
 
+def check_splits(config: ml_collections.ConfigDict, spec, data_dir: str, *, train: bool) -> None:
+    """The eval split (and for training the train split, at least one global batch big) exist in
+    the prepared dataset: ConfigError naming the field now, not at the first evaluation."""
+    from msc_seg.data import builders
+
+    sizes = builders.split_sizes(spec, data_dir)
+    fields = [("eval.data.split", config.eval.data.split or spec.eval_split)]
+    if train:
+        fields.insert(0, ("dataset.train.split", config.dataset.train.split or spec.train_split))
+    builder = builders.prepared_builder(spec, data_dir)
+    for field, split in fields:
+        try:
+            builders.check_split(builder, spec, split)
+        except ValueError:
+            raise config_lib._err(
+                field,
+                split,
+                f"dataset '{spec.name}' has no such split; its splits: "
+                f"{', '.join(f'{k} ({v} examples)' for k, v in sorted(sizes.items()))}",
+            ) from None
+    if train:
+        split = fields[0][1]
+        n = sizes.get(split, builder.info.splits[split].num_examples)
+        if n < config.batch_size:
+            raise config_lib._err(
+                "batch_size",
+                config.batch_size,
+                f"is larger than the {n} examples of split '{split}' of dataset "
+                f"'{spec.name}'; use batch_size <= {n}",
+            )
+
+
 def runtime_facts() -> config_lib.RuntimeFacts:
     return config_lib.RuntimeFacts(jax.device_count(), jax.process_count())
 
@@ -413,17 +474,23 @@ class Experiment:
             batches = itertools.islice(batches, -(-e.max_examples // e.batch_size))
         return batches
 
-    def evaluate(self, state: TrainState, step: int) -> dict:
+    def evaluate(self, state: TrainState, step: int, *, tag: str = "") -> dict:
         """Evaluates `state` on the eval split with the eval protocol; prints and writes the
-        per-class table (eval_<step>.json, TensorBoard when training)."""
+        per-class table (eval_<step>[_<tag>].json, TensorBoard when training), with a progress
+        line every ~10 s."""
         e = self.config.eval
+        batches = self.eval_batches()
+        total = getattr(batches, "num_examples", None)
+        if total is not None and e.max_examples:
+            total = min(total, int(e.max_examples))
         cm, images = evaluate.run_evaluation(
             self.eval_step,
             state,
-            self.eval_batches(),
+            batches,
             self.mesh,
             num_images=e.num_images_to_log,
             palette=self.spec.palette,
+            progress=reporting.PeriodicProgress(total, label=f"eval at step {step}"),
         )
         results = evaluate.report_evaluation(
             cm,
@@ -433,6 +500,7 @@ class Experiment:
             self.reporter,
             images,
             class_groups=self.spec.class_groups,
+            tag=tag,
         )
         return results | {"confusion_matrix": cm}
 
@@ -447,8 +515,9 @@ class Experiment:
 def build(config: ml_collections.ConfigDict, workdir, *, mode: str) -> Experiment:
     """The run of `config` in `workdir` for mode "train", "eval" or "predict".
 
-    Everything is checked before the workdir is touched: validation, then (train) the workdir's
-    config against this one. train writes WORKDIR/config.json; eval/predict need the workdir
+    Everything is checked before the workdir is touched: validation, the workdir's config and
+    its newest checkpoint's tree (paths and shapes) against this config's state, the dataset's
+    splits. Only then does train write WORKDIR/config.json; eval/predict need the workdir
     (predict needs no prepared dataset).
     """
     workdir = pathlib.Path(workdir) if workdir else None
@@ -458,21 +527,23 @@ def build(config: ml_collections.ConfigDict, workdir, *, mode: str) -> Experimen
     mesh = mesh_lib.make_mesh(config.mesh.data)
     parts = build_train_parts(config, spec.num_classes, mesh)  # checks the model's arguments
     current = config_lib.to_dict(config)
-    if mode == "train":
-        checkpointing.check_workdir_config(workdir, current, what="this config")
-        checkpointing.write_workdir_config(workdir, config_lib.to_json(config))
-    elif workdir is not None:
-        if not workdir.exists() and mode == "eval":
-            raise FileNotFoundError(
-                f"workdir {workdir} does not exist; train first or fix --workdir"
-            )
-        if workdir.exists():
-            checkpointing.check_workdir_config(workdir, current, what="--config")
+    if mode == "eval" and (workdir is None or not workdir.exists()):
+        raise FileNotFoundError(f"workdir {workdir} does not exist; train first or fix --workdir")
+    if workdir is not None and workdir.exists():
+        checkpointing.check_workdir_config(
+            workdir,
+            current,
+            what="this config" if mode == "train" else "--config",
+            abstract_state=parts.abstract_state,
+        )
     data_dir = resolve_data_dir(config)
     if mode != "predict":
         from msc_seg.data import builders
 
         builders.prepare_dataset(spec, data_dir)
+        check_splits(config, spec, data_dir, train=mode == "train")
+    if mode == "train":  # every check passed: only now is the workdir written
+        checkpointing.write_workdir_config(workdir, config_lib.to_json(config))
     eval_step = make_eval_step(config, parts.model_def, spec.num_classes)
     checkpointer = (
         checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)
