@@ -263,6 +263,12 @@ def _latest_step_dir(manager_dir: pathlib.Path) -> pathlib.Path | None:
     return max(steps, key=lambda p: int(p.name)) if steps else None
 
 
+def latest_saved_step(workdir: pathlib.Path) -> int | None:
+    """The newest committed step under WORKDIR/checkpoints/, without orbax managers."""
+    step_dir = _latest_step_dir(pathlib.Path(workdir) / "checkpoints")
+    return int(step_dir.name) if step_dir is not None else None
+
+
 def _item_dir(step_dir: pathlib.Path) -> pathlib.Path:
     """The folder orbax restores from: STEP/default (what CheckpointManager writes) or STEP."""
     return step_dir / "default" if (step_dir / "default").is_dir() else step_dir

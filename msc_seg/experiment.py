@@ -356,6 +356,7 @@ def validate(
     """
     config_lib.upgrade(config)
     config_lib.validate(config, facts)
+    check_model_fields(config)
     spec = dataset_spec(config)
     config_lib.check_against_dataset(config, spec)
     objective = build_objective(config, spec.num_classes)
@@ -367,13 +368,6 @@ def validate(
         _check_scale_weights(config, model, objective)
     make_tx(config)
     build_protocol(config)
-    if config.model_init and not pathlib.Path(config.model_init).exists():
-        raise config_lib._err(
-            "model_init",
-            config.model_init,
-            "does not exist; write it with `python -m msc_seg.tools.import_weights` "
-            "or set model_init=''",
-        )
     return spec
 
 
@@ -407,6 +401,25 @@ def check_splits(config: ml_collections.ConfigDict, spec, data_dir: str, *, trai
                 f"is larger than the {n} examples of split '{split}' of dataset "
                 f"'{spec.name}'; use batch_size <= {n}",
             )
+
+
+def check_model_fields(config: ml_collections.ConfigDict) -> None:
+    """model.name, model.dtype and model_init, checked without the dataset (no TensorFlow)."""
+    segmentor_factory(config.model.name)
+    if "dtype" in config.model:
+        try:
+            jnp.dtype(config.model.dtype)
+        except TypeError:
+            raise config_lib._err(
+                "model.dtype", config.model.dtype, "must be a dtype name: float32 or bfloat16"
+            ) from None
+    if config.model_init and not pathlib.Path(config.model_init).exists():
+        raise config_lib._err(
+            "model_init",
+            config.model_init,
+            "does not exist; write it with `python -m msc_seg.tools.import_weights` "
+            "or set model_init=''",
+        )
 
 
 def runtime_facts() -> config_lib.RuntimeFacts:
@@ -524,6 +537,12 @@ def build(config: ml_collections.ConfigDict, workdir, *, mode: str) -> Experimen
     for note in config_lib.upgrade(config):
         reporting.log_and_print(f"note: {note}")
     spec = validate(config, runtime_facts(), check_model=False)  # the model is built below
+    data_dir = resolve_data_dir(config)
+    if mode != "predict":  # the splits before the model: a missing split costs seconds
+        from msc_seg.data import builders
+
+        builders.prepare_dataset(spec, data_dir)
+        check_splits(config, spec, data_dir, train=mode == "train")
     mesh = mesh_lib.make_mesh(config.mesh.data)
     parts = build_train_parts(config, spec.num_classes, mesh)  # checks the model's arguments
     current = config_lib.to_dict(config)
@@ -536,12 +555,6 @@ def build(config: ml_collections.ConfigDict, workdir, *, mode: str) -> Experimen
             what="this config" if mode == "train" else "--config",
             abstract_state=parts.abstract_state,
         )
-    data_dir = resolve_data_dir(config)
-    if mode != "predict":
-        from msc_seg.data import builders
-
-        builders.prepare_dataset(spec, data_dir)
-        check_splits(config, spec, data_dir, train=mode == "train")
     if mode == "train":  # every check passed: only now is the workdir written
         checkpointing.write_workdir_config(workdir, config_lib.to_json(config))
     eval_step = make_eval_step(config, parts.model_def, spec.num_classes)

@@ -129,26 +129,45 @@ def _show_config_source() -> None:
     )
 
 
-def _check_config_early() -> None:
-    """Renamed / unknown fields and the cross-field checks, before TensorFlow and the model."""
-    from msc_seg import config_lib
+def _check_before_building() -> None:
+    """What can be checked from the config, the workdir and the flags alone, before TensorFlow,
+    the dataset or the model: renamed / unknown fields, the cross-field checks, the model's
+    name and dtype, model_init, the workdir's config (structural changes), --checkpoint and
+    --images. A mistake found here costs seconds and writes nothing."""
+    import pathlib
+
+    from msc_seg import checkpointing, config_lib, experiment
+    from msc_seg.errors import ArgumentError
 
     config_lib.upgrade(FLAGS.config)
-    import jax  # the device count (batch sizes vs the mesh); TensorFlow is not imported yet
-
-    config_lib.validate(
-        FLAGS.config, config_lib.RuntimeFacts(jax.device_count(), jax.process_count())
-    )
+    config_lib.validate(FLAGS.config, experiment.runtime_facts())
+    experiment.check_model_fields(FLAGS.config)
+    if FLAGS.mode == "predict" and not pathlib.Path(FLAGS.images).is_dir():
+        what = "is not a folder" if pathlib.Path(FLAGS.images).exists() else "does not exist"
+        raise ArgumentError("--images", FLAGS.images, f"{what}; pass a folder of images")
+    if FLAGS.mode != "train":
+        item = checkpointing.resolve_checkpoint(FLAGS.workdir, FLAGS.checkpoint)
+        run_dir = checkpointing.workdir_of(item)
+    else:
+        run_dir = pathlib.Path(FLAGS.workdir)
+    if run_dir.is_dir():
+        checkpointing.check_workdir_config(
+            run_dir,
+            config_lib.to_dict(FLAGS.config),
+            what="this config" if FLAGS.mode == "train" else "--config",
+        )
 
 
 def main(argv) -> None:
-    from msc_seg import cli_checks
+    from msc_seg import checkpointing, cli_checks
     from msc_seg.errors import ArgumentError, ConfigError
 
     if len(argv) > 1:
         _fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value)")
     _check_mode_flags()
     if FLAGS.config is None:
+        if FLAGS.mode != "train" and FLAGS.workdir and not os.path.isdir(FLAGS.workdir):
+            _fail(f"--workdir={FLAGS.workdir} does not exist; train first or fix --workdir")
         if FLAGS.mode != "train" and FLAGS.workdir:
             _fail(
                 f"--workdir={FLAGS.workdir} has no config.json to evaluate with; pass "
@@ -160,8 +179,13 @@ def main(argv) -> None:
             cli_checks.check_workdir(FLAGS.workdir, FLAGS.mode)
         if _SAVED_CONFIG:
             _show_config_source()
-        _check_config_early()
-    except (ArgumentError, ConfigError) as e:
+        _check_before_building()
+    except (
+        ArgumentError,
+        ConfigError,
+        checkpointing.CheckpointError,
+        checkpointing.WorkdirMismatchError,
+    ) as e:
         _fail(str(e))
     if not FLAGS["verbosity"].present:
         # Progress lines and tables are printed; library INFO logs (orbax, clu) only with -v 0.
@@ -178,7 +202,7 @@ def main(argv) -> None:
 
         compile_cache.enable(FLAGS.compile_cache or None)
 
-    from msc_seg import checkpointing, modes, predict, train
+    from msc_seg import modes, predict, train
 
     try:
         if FLAGS.mode == "train":
@@ -223,7 +247,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
     try:
         rest = FLAGS(argv)
-        FLAGS.config  # noqa: B018 - config_flags reports a failed config file on first access
+        if FLAGS.config is not None:  # a failed config file is reported on first use
+            FLAGS.config.keys()
     except Exception as e:  # noqa: BLE001 - explained in one line, never a traceback
         _fail(cli_checks.explain_flag_error(argv, e))
     return rest

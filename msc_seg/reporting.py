@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
 import sys
 import time
@@ -42,6 +43,29 @@ class Reporter:
         self._jsonl = open(self.workdir / "metrics.jsonl", "a") if self.is_main else None  # noqa: SIM115
         self._last_time = time.time()
         self._last_step = start_step
+
+    def drop_rows_after(self, step: int) -> None:
+        """Resuming from `step`: metrics.jsonl rows of later steps (written before a kill, about
+        to be retrained) move to metrics.superseded.jsonl, so every step has one row. The file
+        is rewritten atomically (a temporary file renamed over it)."""
+        path = self.workdir / "metrics.jsonl"
+        if self._jsonl is None or not path.exists():
+            return
+        self._jsonl.close()
+        keep, superseded = [], []
+        for line in path.read_text().splitlines():
+            try:
+                row_step = json.loads(line).get("step", 0)
+            except (json.JSONDecodeError, AttributeError):
+                row_step = 0  # a line cut by a kill: kept as it is
+            (superseded if row_step > step else keep).append(line)
+        if superseded:
+            with open(self.workdir / "metrics.superseded.jsonl", "a") as f:
+                f.write("".join(line + "\n" for line in superseded))
+            tmp = path.with_name("metrics.jsonl.tmp")
+            tmp.write_text("".join(line + "\n" for line in keep))
+            os.replace(tmp, path)
+        self._jsonl = open(path, "a")  # noqa: SIM115
 
     def restart_clock(self, step: int) -> None:
         """Measures steps/s from `step` on, starting now (e.g. after resuming)."""
