@@ -71,10 +71,18 @@ class Reporter:
         """Measures steps/s from `step` on, starting now (e.g. after resuming)."""
         self._last_time, self._last_step = time.time(), step
 
-    def write_scalars(self, step: int, scalars: dict[str, float], *, progress: bool = True) -> None:
+    def write_scalars(
+        self,
+        step: int,
+        scalars: dict[str, float],
+        *,
+        progress: bool = True,
+        now: float | None = None,
+    ) -> None:
+        """now: when `step` finished (default: now); steps/s is measured between these times."""
         scalars = {k: float(v) for k, v in scalars.items()}
         if progress:
-            now = time.time()
+            now = time.time() if now is None else now
             if step > self._last_step:
                 rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
                 scalars["steps_per_sec"] = rate
@@ -91,10 +99,11 @@ class Reporter:
             self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
             self._jsonl.flush()
 
-    def write_mean_scalars(self, step: int, sums: dict, count: int) -> None:
+    def write_mean_scalars(self, step: int, sums: dict, count: int, now: float | None = None):
         """Writes (and prints the progress line of) the means of `count` steps' summed metrics
-        (device arrays, fetched here)."""
-        self.write_scalars(step, {k: float(v) / count for k, v in jax.device_get(sums).items()})
+        (device arrays, fetched here). now: when `step` finished (default: once fetched)."""
+        means = {k: float(v) / count for k, v in jax.device_get(sums).items()}
+        self.write_scalars(step, means, now=now)
 
     def write_images(self, step: int, images: dict[str, np.ndarray]) -> None:
         """images: name -> uint8 [N,H,W,3]."""

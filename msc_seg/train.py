@@ -7,6 +7,7 @@ import json
 import operator
 import pathlib
 import signal
+import time
 
 import jax
 import ml_collections
@@ -137,6 +138,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
         with _Preemption() as preemption:
             while step < c.total_steps:
+                # The previous step has finished (or is the one in flight): the time its log
+                # line is measured at. A line written after the loop is measured once fetched,
+                # so no window is ever counted as taking no time (a bogus rate after SIGTERM).
+                previous_done = time.time()
                 batch = mesh_lib.host_batch_to_global(next(batches), exp.mesh)
                 first = pending is None
                 if first:  # the first step compiles (or loads) the program
@@ -152,7 +157,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                     _raise_if_nonfinite(exp, *pending)
                 pending = (step, metrics["nonfinite"])
                 if to_log is not None:
-                    reporter.write_mean_scalars(*to_log)
+                    reporter.write_mean_scalars(*to_log, now=previous_done)
                     to_log = None
                 sums = metrics if sums is None else jax.tree.map(operator.add, sums, metrics)
                 count += 1
@@ -166,6 +171,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                         reporter.write_mean_scalars(*to_log)
                         to_log = None
                     results = _evaluate_and_keep_best(exp, state, step)
+                    reporter.restart_clock(step)  # steps/s: training only, not the evaluation
                 if preemption.requested:
                     break
         if pending is not None:
