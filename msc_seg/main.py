@@ -139,7 +139,8 @@ def _check_before_building() -> None:
     from msc_seg import checkpointing, config_lib, experiment
     from msc_seg.errors import ArgumentError
 
-    config_lib.upgrade(FLAGS.config)
+    for note in config_lib.upgrade(FLAGS.config):  # experiment.build finds nothing left to move
+        print(f"note: {note}", flush=True)
     config_lib.validate(FLAGS.config, experiment.runtime_facts())
     experiment.check_model_fields(FLAGS.config)
     if FLAGS.mode == "predict" and not pathlib.Path(FLAGS.images).is_dir():
