@@ -536,6 +536,10 @@ def build(config: ml_collections.ConfigDict, workdir, *, mode: str) -> Experimen
     workdir = pathlib.Path(workdir) if workdir else None
     for note in config_lib.upgrade(config):
         reporting.log_and_print(f"note: {note}")
+    reporting.log_and_print(  # TensorFlow, the dataset and the abstract model: tens of seconds
+        f"building the run: dataset {config.dataset.name}, model {config.model.name}"
+        f"/{config.model.get('backbone', '-')} ({mode}) ..."
+    )
     spec = validate(config, runtime_facts(), check_model=False)  # the model is built below
     data_dir = resolve_data_dir(config)
     if mode != "predict":  # the splits before the model: a missing split costs seconds
