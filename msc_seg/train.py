@@ -138,10 +138,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
         with _Preemption() as preemption:
             while step < c.total_steps:
-                # The previous step has finished (or is the one in flight): the time its log
-                # line is measured at. A line written after the loop is measured once fetched,
-                # so no window is ever counted as taking no time (a bogus rate after SIGTERM).
-                previous_done = time.time()
                 batch = mesh_lib.host_batch_to_global(next(batches), exp.mesh)
                 first = pending is None
                 if first:  # the first step compiles (or loads) the program
@@ -154,7 +150,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                 if first:  # steps/s and the ETA count the steps after the compile
                     reporter.restart_clock(step)
                 if pending is not None:
-                    _raise_if_nonfinite(exp, *pending)
+                    _raise_if_nonfinite(exp, *pending)  # waits for the previous step
+                # Every log line is timed when its step has finished (here, or once fetched
+                # after the loop), not when the next one was queued: no window is counted as
+                # taking no time (the bogus rate of the line after SIGTERM).
+                previous_done = time.time()
                 pending = (step, metrics["nonfinite"])
                 if to_log is not None:
                     reporter.write_mean_scalars(*to_log, now=previous_done)

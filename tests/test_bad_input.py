@@ -248,15 +248,22 @@ def run_probe(root: pathlib.Path, fixture: dict, probe: Probe, base: pathlib.Pat
     if read_only is not None:
         command = _read_only_command(read_only, command)
     start = time.perf_counter()
-    done = subprocess.run(
-        command, cwd=root, env=_env(root), capture_output=True, text=True, timeout=300
-    )
+    timeout = float(os.environ.get("BAD_INPUT_TIMEOUT_S", 300))
+    try:
+        done = subprocess.run(
+            command, cwd=root, env=_env(root), capture_output=True, text=True, timeout=timeout
+        )
+        returncode, output = done.returncode, done.stdout + done.stderr
+    except subprocess.TimeoutExpired as e:  # e.g. an older checkout that starts training
+        returncode = -1
+        output = f"{e.stdout or ''}{e.stderr or ''}\n(killed after {timeout:.0f} s)"
+        output = output if isinstance(output, str) else output.decode()
     seconds = time.perf_counter() - start
     changed = [tree_digest(p) for p in watched] != before
     return Outcome(
         probe=probe,
-        returncode=done.returncode,
-        output=(done.stdout + done.stderr).strip(),
+        returncode=returncode,
+        output=output.strip(),
         seconds=seconds,
         culprit=probe.culprit.format(**fmt),
         changed=changed,
