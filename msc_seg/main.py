@@ -191,6 +191,9 @@ def main(argv) -> None:
     if not FLAGS["verbosity"].present:
         # Progress lines and tables are printed; library INFO logs (orbax, clu) only with -v 0.
         logging.set_verbosity(logging.WARNING)
+    print(
+        f"{FLAGS.mode}: the command line and config are valid; loading TensorFlow ...", flush=True
+    )
     from msc_seg.data import builders, conventions
 
     conventions.hide_accelerators_from_tensorflow()  # tf.data only: before any TF op runs
