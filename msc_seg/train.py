@@ -99,8 +99,8 @@ def _finished_run(config: ml_collections.ConfigDict, workdir) -> dict | None:
     config_lib.upgrade(config)
     checkpointing.check_workdir_config(workdir, config_lib.to_dict(config), what="this config")
     reporting.log_and_print(
-        f"{workdir} is already at total_steps={config.total_steps} (checkpoint of step "
-        f"{latest}); nothing to do (use --mode=eval to evaluate again)"
+        f"{workdir}: already at total_steps={config.total_steps}; nothing to do (use "
+        "--mode=eval to evaluate again)"
     )
     table = workdir / f"eval_{latest}.json"
     results = json.loads(table.read_text()) if table.exists() else {}
