@@ -115,10 +115,88 @@ def saved_config(workdir: str | pathlib.Path) -> dict | None:
     return config_lib.upgraded_dict(json.loads(path.read_text()))
 
 
-def check_workdir_config(workdir: str | pathlib.Path, config: Mapping, *, what: str) -> None:
+def _latest_item_dir(workdir: pathlib.Path) -> pathlib.Path | None:
+    """The item folder of the newest saved step (checkpoints/, else best/), None if none."""
+    for manager in ("checkpoints", "best"):
+        step_dir = _latest_step_dir(workdir / manager)
+        if step_dir is not None:
+            return _item_dir(step_dir)
+    return None
+
+
+def saved_tree(item_dir: pathlib.Path) -> dict[str, tuple[int, ...]]:
+    """'params/decode_head/.../kernel' -> global shape of every array of a saved checkpoint, read
+    from orbax's metadata (no array is read)."""
+    from absl import logging
+
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)  # orbax warns about the step's own metadata file
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            metadata = checkpointer.metadata(item_dir.absolute())
+    finally:
+        logging.set_verbosity(verbosity)
+    tree = getattr(metadata, "item_metadata", metadata)
+    return {
+        "/".join(map(str, k)): tuple(getattr(v, "shape", ()) or ())
+        for k, v in ocp.tree.to_flat_dict(tree).items()
+    }
+
+
+def state_tree(abstract_state) -> dict[str, tuple[int, ...]]:
+    """The same paths and shapes for the abstract state a config builds."""
+    return {
+        "/".join(map(str, k)): tuple(getattr(v, "shape", ()) or ())
+        for k, v in ocp.tree.to_flat_dict(abstract_state).items()
+    }
+
+
+def _summary(paths, modules: set[str], limit: int = 6) -> str:
+    """The distinct modules of `paths`: 'params/projectors', 'opt_state/.../projectors' (the
+    optimizer's moments of those parameters) or, for optimizer state that mirrors no module
+    (a clipping stage added or removed), its first three components."""
+    heads = set()
+    for path in paths:
+        parts = path.split("/")
+        if parts[0] in ("params", "batch_stats"):
+            heads.add("/".join(parts[:2]))
+            continue
+        inner = next((i for i, part in enumerate(parts[1:], 1) if part in modules), None)
+        heads.add("/".join(parts[:3]) if inner is None else f"{parts[0]}/.../{parts[inner]}")
+    heads = sorted(heads)
+    more = f" (+{len(heads) - limit} more)" if len(heads) > limit else ""
+    return ", ".join(heads[:limit]) + more
+
+
+def tree_differences(saved: Mapping, current: Mapping) -> list[str]:
+    """How the checkpoint's tree (`saved_tree`) differs from the state of this config."""
+    out = []
+    modules = {k.split("/")[1] for k in (*saved, *current) if k.startswith("params/")}
+    only_saved = [k for k in saved if k not in current]
+    only_now = [k for k in current if k not in saved]
+    reshaped = [k for k in saved if k in current and tuple(saved[k]) != tuple(current[k])]
+    if only_saved:
+        out.append(f"only in the checkpoint: {_summary(only_saved, modules)}")
+    if only_now:
+        out.append(f"missing from the checkpoint: {_summary(only_now, modules)}")
+    if reshaped:
+        k = reshaped[0]
+        out.append(
+            f"other shapes: {_summary(reshaped, modules)} (e.g. {k}: {tuple(saved[k])} in the "
+            f"checkpoint, {tuple(current[k])} now)"
+        )
+    return out
+
+
+def check_workdir_config(
+    workdir: str | pathlib.Path, config: Mapping, *, what: str, abstract_state=None
+) -> None:
     """WorkdirMismatchError when `workdir` holds checkpoints of a structurally different config.
 
-    config: the current config as a dict; what: the culprit to name ("--config", "this config").
+    config: the current config as a dict; what: the culprit to name ("--config", "this config");
+    abstract_state: the state this config builds, compared with the newest checkpoint's own
+    tree (paths and shapes from orbax's metadata), so that a change no config field is known to
+    make is refused too. Reads only; nothing in the workdir is written.
     """
     workdir = pathlib.Path(workdir)
     saved = saved_config(workdir)
@@ -129,13 +207,24 @@ def check_workdir_config(workdir: str | pathlib.Path, config: Mapping, *, what: 
                 f"against {what}; use a new --workdir"
             )
         return
+    if not _has_checkpoints(workdir):
+        return
     diffs = config_lib.structural_differences(saved, dict(config))
-    if diffs and _has_checkpoints(workdir):
-        raise WorkdirMismatchError(
-            f"workdir {workdir} holds checkpoints of another config ({'; '.join(diffs)}). "
-            f"Pass the config the run was trained with, use a new --workdir, or move its "
-            "checkpoints/ and best/ away to start over."
-        )
+    tree_diffs = []
+    item = _latest_item_dir(workdir) if abstract_state is not None else None
+    if item is not None and (item / "_METADATA").exists():
+        tree_diffs = tree_differences(saved_tree(item), state_tree(abstract_state))
+    if not diffs and not tree_diffs:
+        return
+    if tree_diffs and not diffs:  # no known structural field explains it: name every change
+        diffs = config_lib.field_differences(saved, dict(config)) or ["no config field differs"]
+    where = f"; its checkpoint {item} differs: {'; '.join(tree_diffs)}" if tree_diffs else ""
+    raise WorkdirMismatchError(
+        f"workdir {workdir} holds checkpoints of another config ({'; '.join(diffs)}){where}. "
+        f"Pass the config the run was trained with (--mode=eval/predict read "
+        "WORKDIR/config.json when --config is left out), use a new --workdir, or move its "
+        "checkpoints/ and best/ away to start over."
+    )
 
 
 def write_workdir_config(workdir: str | pathlib.Path, config_json: str) -> None:
@@ -172,6 +261,12 @@ def _latest_step_dir(manager_dir: pathlib.Path) -> pathlib.Path | None:
         return None
     steps = [p for p in manager_dir.iterdir() if p.is_dir() and _is_step_name(p.name)]
     return max(steps, key=lambda p: int(p.name)) if steps else None
+
+
+def latest_saved_step(workdir: pathlib.Path) -> int | None:
+    """The newest committed step under WORKDIR/checkpoints/, without orbax managers."""
+    step_dir = _latest_step_dir(pathlib.Path(workdir) / "checkpoints")
+    return int(step_dir.name) if step_dir is not None else None
 
 
 def _item_dir(step_dir: pathlib.Path) -> pathlib.Path:

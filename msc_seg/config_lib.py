@@ -535,3 +535,13 @@ def structural_differences(saved: Mapping, current: Mapping) -> list[str]:
         if json.dumps(a.get(field), default=str) != json.dumps(b.get(field), default=str):
             diffs.append(f"{field}: {a.get(field)!r} in the workdir, {b.get(field)!r} now")
     return diffs
+
+
+def field_differences(saved: Mapping, current: Mapping) -> list[str]:
+    """Every field (structural or not) that differs between two config dicts."""
+    a, b = _flat(saved), _flat(current)
+    return [
+        f"{field}: {a.get(field)!r} in the workdir, {b.get(field)!r} now"
+        for field in sorted(set(a) | set(b))
+        if json.dumps(a.get(field), default=str) != json.dumps(b.get(field), default=str)
+    ]

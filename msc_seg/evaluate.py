@@ -110,8 +110,11 @@ def run_evaluation(
     *,
     num_images: int = 0,
     palette: np.ndarray | None = None,
+    progress: reporting.PeriodicProgress | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Sums the confusion matrices of all batches -> (int64 [K,K], overlay images)."""
+    """Sums the confusion matrices of all batches -> (int64 [K,K], overlay images).
+
+    progress: told the batch sizes as they go (a line every ~10 s with the rate and ETA)."""
     per_batch = []  # device arrays, fetched at the end so the loop never waits on a batch
     images = {}
     keys = ("image", "label", "image_hw", "label_hw")
@@ -121,6 +124,8 @@ def run_evaluation(
         )
         cm, pred = eval_step(state, device_batch)
         per_batch.append(cm)
+        if progress is not None:
+            progress.update(len(batch["label"]), ready=cm)
         if num_images and not images and palette is not None:
             n = min(num_images, len(batch["label"]))
             pred_np = np.asarray(jax.device_get(pred))[:n]
@@ -147,11 +152,14 @@ def report_evaluation(
     images: dict | None = None,
     class_groups=(),
     tag: str = "eval",
+    protocol: str = "",
 ) -> dict:
     """Prints the per-class table, writes eval_<step>.json and the TensorBoard scalars/images.
 
     class_groups: (name, class ids) pairs whose mIoUs are reported too (CaDIS categories).
     tag: the TensorBoard tag prefix ('<tag>/mIoU', '<tag>_iou/<class>', ...).
+    protocol: the protocol of an evaluation other than training's (eval_<step>_<protocol>.json),
+    so that no protocol's results overwrite another's.
     """
     results = metrics.iou_results(cm)
     groups = metrics.group_mious(results, class_groups)
@@ -160,8 +168,10 @@ def report_evaluation(
         table += "\n" + "\n".join(f"mIoU[{k}]: {100 * v:.2f}" for k, v in groups.items())
         results["group_mIoU"] = groups
     if jax.process_index() == 0:
-        print(f"Evaluation at step {step}:\n{table}", flush=True)
-        path = pathlib.Path(workdir) / f"eval_{step}.json"
+        suffix = f"_{protocol}" if protocol else ""
+        named = f" ({protocol})" if protocol else ""
+        print(f"Evaluation at step {step}{named}:\n{table}", flush=True)
+        path = pathlib.Path(workdir) / f"eval_{step}{suffix}.json"
         finite = {k: (v if np.isfinite(v) else None) for k, v in groups.items()}
         extra = {"group_mIoU": finite} if groups else {}
         path.write_text(metrics.results_to_json(results, class_names, step=int(step), **extra))

@@ -276,6 +276,35 @@ def embedding_projection(config: ml_collections.ConfigDict, objective: Objective
     return e.embedding_projection
 
 
+def protocol_tag(config) -> str:
+    """A short, stable name of an evaluation protocol (config or config dict): what decides the
+    numbers (split, resizes, windows, scales, flip, averaging, max_examples), e.g.
+    'slide512x512s341x341_ms0.5-1-1.5_flip'. Evaluations whose tags differ write different
+    eval_<step>_<tag>.json files."""
+    c = config if isinstance(config, dict) else config_lib.to_dict(config)
+    e = c.get("eval", {})
+    data, p = e.get("data", {}), e.get("protocol", {})
+    parts = [p.get("mode", "whole")]
+    if p.get("mode") == "slide":
+        window, stride = p.get("window", ()), p.get("stride", ())
+        parts[0] += "x".join(map(str, window)) + "s" + "x".join(map(str, stride))
+    scales = [float(v) for v in p.get("scales", (1.0,))]
+    if scales != [1.0]:
+        parts.append("ms" + "-".join(f"{v:g}" for v in scales))
+    if p.get("flip"):
+        parts.append("flip")
+    if p.get("average", "logits") != "logits":
+        parts.append(str(p["average"]))
+    for key, short in (("resize_short_side", "short"), ("resize_long_side", "long")):
+        if data.get(key):
+            parts.append(f"{short}{data[key]}")
+    if data.get("split"):
+        parts.append(str(data["split"]))
+    if e.get("max_examples"):
+        parts.append(f"first{e['max_examples']}")
+    return "_".join(parts).replace("/", "-")
+
+
 def _parameters(fn) -> dict:
     """The parameters of a function or of a class's __init__ (nnx modules hide theirs)."""
     return dict(inspect.signature(fn.__init__ if inspect.isclass(fn) else fn).parameters)
@@ -458,6 +487,7 @@ def validate(
     """
     config_lib.upgrade(config)
     config_lib.validate(config, facts)
+    check_model_fields(config)
     spec = dataset_spec(config)
     config_lib.check_against_dataset(config, spec)
     objective = build_objective(config, spec.num_classes, for_training=for_training)
@@ -470,6 +500,36 @@ def validate(
     make_tx(config)
     build_protocol(config)
     embedding_projection(config, objective)
+    return spec
+
+
+def check_batch_fits(config: ml_collections.ConfigDict, spec, data_dir: str) -> None:
+    """The train split holds at least one global batch: ConfigError naming batch_size now, not
+    an empty epoch later. (That the split exists is `check_prepared_dataset`'s check.)"""
+    from msc_seg.data import builders
+
+    split = config.dataset.train.split or spec.train_split
+    sizes = builders.split_sizes(spec, data_dir)
+    n = sizes.get(split, builders.prepared_builder(spec, data_dir).info.splits[split].num_examples)
+    if n < config.batch_size:
+        raise config_lib._err(
+            "batch_size",
+            config.batch_size,
+            f"is larger than the {n} examples of split '{split}' of dataset "
+            f"'{spec.name}'; use batch_size <= {n}",
+        )
+
+
+def check_model_fields(config: ml_collections.ConfigDict) -> None:
+    """model.name, model.dtype and model_init, checked without the dataset (no TensorFlow)."""
+    segmentor_factory(config.model.name)
+    if "dtype" in config.model:
+        try:
+            jnp.dtype(config.model.dtype)
+        except TypeError:
+            raise config_lib._err(
+                "model.dtype", config.model.dtype, "must be a dtype name: float32 or bfloat16"
+            ) from None
     if config.model_init and not pathlib.Path(config.model_init).exists():
         raise config_lib._err(
             "model_init",
@@ -477,7 +537,6 @@ def validate(
             "does not exist; write it with `python -m msc_seg.tools.import_weights` "
             "or set model_init=''",
         )
-    return spec
 
 
 def check_prepared_dataset(
@@ -603,19 +662,25 @@ class Experiment:
             batches = itertools.islice(batches, -(-e.max_examples // e.batch_size))
         return batches
 
-    def evaluate(self, state: TrainState, step: int) -> dict:
+    def evaluate(self, state: TrainState, step: int, *, protocol: str = "") -> dict:
         """Evaluates `state` on the eval split with the eval protocol; prints and writes the
-        per-class table (eval_<step>.json) and, with a reporter, TensorBoard scalars, overlays,
-        the confusion matrix and the embedding views (tags prefixed `eval_tag`)."""
+        per-class table (eval_<step>[_<protocol>].json) with a progress line every ~10 s and,
+        with a reporter, TensorBoard scalars, overlays, the confusion matrix and the embedding
+        views (tags prefixed `eval_tag`)."""
         e = self.config.eval
+        batches = self.eval_batches()
+        total = getattr(batches, "num_examples", None)
+        if total is not None and e.max_examples:
+            total = min(total, int(e.max_examples))
         first: list[dict] = []  # the first host batch, kept for the embedding views
         cm, images = evaluate.run_evaluation(
             self.eval_step,
             state,
-            _keeping_first(self.eval_batches(), first),
+            _keeping_first(batches, first),
             self.mesh,
             num_images=e.num_images_to_log,
             palette=self.spec.palette,
+            progress=reporting.PeriodicProgress(total, label=f"eval at step {step}"),
         )
         results = evaluate.report_evaluation(
             cm,
@@ -626,6 +691,7 @@ class Experiment:
             images,
             class_groups=self.spec.class_groups,
             tag=self.eval_tag,
+            protocol=protocol,
         )
         if self.reporter is not None:
             self._write_eval_views(state, step, cm, first[0])
@@ -674,13 +740,18 @@ def _keeping_first(batches, kept: list) -> Iterator[dict]:
 def build(config: ml_collections.ConfigDict, workdir, *, mode: str) -> Experiment:
     """The run of `config` in `workdir` for mode "train", "eval" or "predict".
 
-    Everything is checked before the workdir is touched: validation, then (train) the workdir's
-    config against this one. train writes WORKDIR/config.json; eval/predict need the workdir
+    Everything is checked before the workdir is touched: validation, the workdir's config and
+    its newest checkpoint's tree (paths and shapes) against this config's state, the dataset's
+    splits. Only then does train write WORKDIR/config.json; eval/predict need the workdir
     (predict needs no prepared dataset).
     """
     workdir = pathlib.Path(workdir) if workdir else None
     for note in config_lib.upgrade(config):
         reporting.log_and_print(f"note: {note}")
+    reporting.log_and_print(  # TensorFlow, the dataset and the abstract model: tens of seconds
+        f"building the run: dataset {config.dataset.name}, model {config.model.name}"
+        f"/{config.model.get('backbone', '-')} ({mode}) ..."
+    )
     training = mode == "train"
     spec = validate(config, runtime_facts(), check_model=False, for_training=training)
     data_dir = resolve_data_dir(config)
@@ -693,20 +764,23 @@ def build(config: ml_collections.ConfigDict, workdir, *, mode: str) -> Experimen
             stats_lib.ensure_stats(spec, data_dir)  # as the prepare CLI does after a build
         for note in check_prepared_dataset(config, spec, data_dir, for_training=training):
             reporting.log_and_print(f"note: {note}")
+        if training:
+            check_batch_fits(config, spec, data_dir)
     mesh = mesh_lib.make_mesh(config.mesh.data)
     # Builds the model (checking its arguments) after the cheap checks above.
     parts = build_train_parts(config, spec.num_classes, mesh, for_training=training)
     current = config_lib.to_dict(config)
-    if mode == "train":
-        checkpointing.check_workdir_config(workdir, current, what="this config")
+    if mode == "eval" and (workdir is None or not workdir.exists()):
+        raise FileNotFoundError(f"workdir {workdir} does not exist; train first or fix --workdir")
+    if workdir is not None and workdir.exists():
+        checkpointing.check_workdir_config(
+            workdir,
+            current,
+            what="this config" if training else "--config",
+            abstract_state=parts.abstract_state,
+        )
+    if training:  # every check passed: only now is the workdir written
         checkpointing.write_workdir_config(workdir, config_lib.to_json(config))
-    elif workdir is not None:
-        if not workdir.exists() and mode == "eval":
-            raise FileNotFoundError(
-                f"workdir {workdir} does not exist; train first or fix --workdir"
-            )
-        if workdir.exists():
-            checkpointing.check_workdir_config(workdir, current, what="--config")
     eval_step = make_eval_step(config, parts.model_def, spec.num_classes)
     checkpointer = (
         checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)

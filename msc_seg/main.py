@@ -1,9 +1,13 @@
 r"""Entry point.
 
     python -m msc_seg.main --config=configs/ade20k_upernet.py --workdir=DIR [--config.a.b=v]
-    python -m msc_seg.main --mode=eval --config=... --workdir=DIR [--checkpoint=latest|best|STEP]
-    python -m msc_seg.main --mode=predict --config=... --workdir=DIR --images=IN --output=OUT \
+    python -m msc_seg.main --mode=eval --workdir=DIR [--checkpoint=latest|best|STEP] [--config.x=v]
+    python -m msc_seg.main --mode=predict --workdir=DIR --images=IN --output=OUT \
         [--checkpoint=latest|best|STEP|/path/to/checkpoint] [--recursive]
+
+The workdir is the run: eval and predict read DIR/config.json (the config training resolved and
+wrote) when --config is not given; `--config.*` overrides still apply on top of it (e.g. the
+eval protocol) and are printed as a diff. `--config=DIR/config.json` loads a saved config too.
 
 train: trains (resuming from DIR's latest checkpoint), evaluates every eval_every_steps.
 eval: evaluates a checkpoint of DIR on the eval split with the config's `eval` protocol (whole
@@ -30,7 +34,11 @@ from ml_collections import config_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file (configs/NAME.py[:arg]).", lock_config=True
+    "config",
+    None,
+    "Experiment config file (configs/NAME.py[:arg]) or a run's WORKDIR/config.json; eval and "
+    "predict default to WORKDIR/config.json.",
+    lock_config=True,
 )
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
 flags.DEFINE_enum("mode", "train", ["train", "eval", "predict"], "What to do.")
@@ -66,16 +74,16 @@ def _check_mode_flags() -> None:
     if FLAGS.mode == "predict":
         for name in ("images", "output"):
             if not FLAGS[name].value:
-                raise app.UsageError(f"--mode=predict needs --{name}=DIR")
+                _fail(f"--mode=predict needs --{name}=DIR")
         if not FLAGS.workdir and not (
             FLAGS.checkpoint not in ("latest", "best") and not FLAGS.checkpoint.isdigit()
         ):
-            raise app.UsageError(
+            _fail(
                 "--mode=predict needs --workdir (with --checkpoint=latest|best|STEP) or "
                 "--checkpoint=/path/to/checkpoint"
             )
     elif not FLAGS.workdir:
-        raise app.UsageError("--workdir is required")
+        _fail(f"--mode={FLAGS.mode} needs --workdir=DIR")
 
 
 def _predict() -> None:
@@ -99,15 +107,93 @@ def _predict() -> None:
         print(f"  {path}")
 
 
+def _fail(message: str) -> None:
+    """A user's mistake: one line on stderr, exit code 2 (nothing was written)."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+# The saved config.json main loaded (eval/predict with --workdir alone, or --config=FILE.json).
+_SAVED_CONFIG: str | None = None
+
+
+def _show_config_source() -> None:
+    """Which saved config the run uses, and what the command line changed in it."""
+    from msc_seg import saved_config
+
+    diffs = saved_config.differences(saved_config.read(_SAVED_CONFIG), FLAGS.config)
+    print(
+        f"config: {_SAVED_CONFIG}"
+        + (f" with overrides: {'; '.join(diffs)}" if diffs else " (no overrides)"),
+        flush=True,
+    )
+
+
+def _check_before_building() -> None:
+    """What can be checked from the config, the workdir and the flags alone, before TensorFlow,
+    the dataset or the model: renamed / unknown fields, the cross-field checks, the model's
+    name and dtype, model_init, the workdir's config (structural changes), --checkpoint and
+    --images. A mistake found here costs seconds and writes nothing."""
+    import pathlib
+
+    from msc_seg import checkpointing, config_lib, experiment
+    from msc_seg.errors import ArgumentError
+
+    for note in config_lib.upgrade(FLAGS.config):  # experiment.build finds nothing left to move
+        print(f"note: {note}", flush=True)
+    config_lib.validate(FLAGS.config, experiment.runtime_facts())
+    experiment.check_model_fields(FLAGS.config)
+    if FLAGS.mode == "predict" and not pathlib.Path(FLAGS.images).is_dir():
+        what = "is not a folder" if pathlib.Path(FLAGS.images).exists() else "does not exist"
+        raise ArgumentError("--images", FLAGS.images, f"{what}; pass a folder of images")
+    if FLAGS.mode != "train":
+        item = checkpointing.resolve_checkpoint(FLAGS.workdir, FLAGS.checkpoint)
+        run_dir = checkpointing.workdir_of(item)
+    else:
+        run_dir = pathlib.Path(FLAGS.workdir)
+    if run_dir.is_dir():
+        checkpointing.check_workdir_config(
+            run_dir,
+            config_lib.to_dict(FLAGS.config),
+            what="this config" if FLAGS.mode == "train" else "--config",
+        )
+
+
 def main(argv) -> None:
+    from msc_seg import checkpointing, cli_checks
+    from msc_seg.errors import ArgumentError, ConfigError
+
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if FLAGS.config is None:
-        raise app.UsageError("--config is required, e.g. --config=configs/demo.py")
+        _fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value)")
     _check_mode_flags()
+    if FLAGS.config is None:
+        if FLAGS.mode != "train" and FLAGS.workdir and not os.path.isdir(FLAGS.workdir):
+            _fail(f"--workdir={FLAGS.workdir} does not exist; train first or fix --workdir")
+        if FLAGS.mode != "train" and FLAGS.workdir:
+            _fail(
+                f"--workdir={FLAGS.workdir} has no config.json to evaluate with; pass "
+                "--config=configs/NAME.py (the config it was trained with)"
+            )
+        _fail("--config is required, e.g. --config=configs/demo.py")
+    try:
+        if FLAGS.workdir:
+            cli_checks.check_workdir(FLAGS.workdir, FLAGS.mode)
+        if _SAVED_CONFIG:
+            _show_config_source()
+        _check_before_building()
+    except (
+        ArgumentError,
+        ConfigError,
+        checkpointing.CheckpointError,
+        checkpointing.WorkdirMismatchError,
+    ) as e:
+        _fail(str(e))
     if not FLAGS["verbosity"].present:
         # Progress lines and tables are printed; library INFO logs (orbax, clu) only with -v 0.
         logging.set_verbosity(logging.WARNING)
+    print(
+        f"{FLAGS.mode}: the command line and config are valid; loading TensorFlow ...", flush=True
+    )
     from msc_seg.data import builders, conventions
 
     conventions.hide_accelerators_from_tensorflow()  # tf.data only: before any TF op runs
@@ -120,8 +206,7 @@ def main(argv) -> None:
 
         compile_cache.enable(FLAGS.compile_cache or None)
 
-    from msc_seg import checkpointing, modes, predict, train
-    from msc_seg.errors import ConfigError
+    from msc_seg import modes, predict, train
 
     try:
         if FLAGS.mode == "train":
@@ -132,18 +217,14 @@ def main(argv) -> None:
             _predict()
     except (
         ConfigError,
+        ArgumentError,
         checkpointing.WorkdirMismatchError,
         train.NonFiniteLossError,
         predict.PredictError,
+        builders.DatasetNotPreparedError,  # data-preparation errors carry instructions
         FileNotFoundError,
     ) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except Exception as e:  # data-preparation errors carry instructions: show them plainly
-        if isinstance(e, builders.DatasetNotPreparedError):
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
-        raise
+        _fail(str(e))
 
 
 def refuse_renamed_overrides(argv: list[str]) -> None:
@@ -163,13 +244,31 @@ def refuse_renamed_overrides(argv: list[str]) -> None:
                 sys.exit(2)
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with every parse error (an unknown or mistyped flag or config field,
+    a missing or failing config file) as one line and exit code 2 instead of a traceback."""
+    from msc_seg import cli_checks
+
+    try:
+        rest = FLAGS(argv)
+        if FLAGS.config is not None:  # a failed config file is reported on first use
+            FLAGS.config.keys()
+    except Exception as e:  # noqa: BLE001 - explained in one line, never a traceback
+        _fail(cli_checks.explain_flag_error(argv, e))
+    return rest
+
+
 def run() -> None:
+    global _SAVED_CONFIG
+    from msc_seg import cli_checks
+
     refuse_renamed_overrides(sys.argv)
-    if "--xla_alarms" not in sys.argv:
+    argv, _SAVED_CONFIG = cli_checks.config_argv(sys.argv)
+    if "--xla_alarms" not in argv:
         from msc_seg import compile_cache
 
         compile_cache.quiet_xla_alarms()
-    app.run(main)
+    app.run(main, argv=argv, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -17,13 +17,23 @@ def evaluate_checkpoint(
     config: ml_collections.ConfigDict, workdir: str | pathlib.Path, checkpoint: str = "latest"
 ) -> dict:
     """Evaluates a checkpoint of `workdir` ('latest', 'best' or a step number) on the eval split
-    with the config's eval protocol; prints and writes the per-class table."""
+    with the config's eval protocol; prints and writes the per-class table.
+
+    The table goes to eval_<step>.json when the protocol is the one training evaluated with
+    (WORKDIR/config.json's), else to eval_<step>_<protocol>.json (`experiment.protocol_tag`):
+    a test-time-augmented evaluation never overwrites the plain one.
+    """
+    checkpointing.resolve_checkpoint(str(workdir), checkpoint)  # a bad --checkpoint: say so now
     exp = experiment.build(config, workdir, mode="eval")
     try:
         best = checkpoint == "best"
         step = None if checkpoint in ("latest", "best") else int(checkpoint)
         state, step = exp.checkpointer.restore(exp.parts.abstract_state, step, best=best)
-        return exp.evaluate(state, int(step))
+        trained = checkpointing.saved_config(workdir)
+        tag = experiment.protocol_tag(config)
+        if trained is not None and experiment.protocol_tag(trained) == tag:
+            tag = ""
+        return exp.evaluate(state, int(step), protocol=tag)
     finally:
         exp.close()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
 import sys
 import time
@@ -63,14 +64,45 @@ class Reporter:
             )
         return self._writer
 
+    def drop_rows_after(self, step: int) -> None:
+        """Resuming from `step`: metrics.jsonl rows of later steps (written before a kill, about
+        to be retrained) move to metrics.superseded.jsonl, so every step has one row. The file
+        is rewritten atomically (a temporary file renamed over it)."""
+        path = self.workdir / "metrics.jsonl"
+        if self._jsonl is None or not path.exists():
+            return
+        self._jsonl.close()
+        keep, superseded = [], []
+        for line in path.read_text().splitlines():
+            try:
+                row_step = json.loads(line).get("step", 0)
+            except (json.JSONDecodeError, AttributeError):
+                row_step = 0  # a line cut by a kill: kept as it is
+            (superseded if row_step > step else keep).append(line)
+        if superseded:
+            with open(self.workdir / "metrics.superseded.jsonl", "a") as f:
+                f.write("".join(line + "\n" for line in superseded))
+            tmp = path.with_name("metrics.jsonl.tmp")
+            tmp.write_text("".join(line + "\n" for line in keep))
+            os.replace(tmp, path)
+        self._jsonl = open(path, "a")  # noqa: SIM115
+
     def restart_clock(self, step: int) -> None:
         """Measures steps/s from `step` on, starting now (e.g. after resuming)."""
         self._last_time, self._last_step = time.time(), step
 
-    def write_scalars(self, step: int, scalars: dict[str, float], *, progress: bool = True) -> None:
+    def write_scalars(
+        self,
+        step: int,
+        scalars: dict[str, float],
+        *,
+        progress: bool = True,
+        now: float | None = None,
+    ) -> None:
+        """now: when `step` finished (default: now); steps/s is measured between these times."""
         scalars = {k: float(v) for k, v in scalars.items()}
         if progress:
-            now = time.time()
+            now = time.time() if now is None else now
             if step > self._last_step:
                 rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
                 scalars["steps_per_sec"] = rate
@@ -87,10 +119,11 @@ class Reporter:
             self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
             self._jsonl.flush()
 
-    def write_mean_scalars(self, step: int, sums: dict, count: int) -> None:
+    def write_mean_scalars(self, step: int, sums: dict, count: int, now: float | None = None):
         """Writes (and prints the progress line of) the means of `count` steps' summed metrics
-        (device arrays, fetched here)."""
-        self.write_scalars(step, {k: float(v) / count for k, v in jax.device_get(sums).items()})
+        (device arrays, fetched here). now: when `step` finished (default: once fetched)."""
+        means = {k: float(v) / count for k, v in jax.device_get(sums).items()}
+        self.write_scalars(step, means, now=now)
 
     def write_images(self, step: int, images: dict[str, np.ndarray]) -> None:
         """images: name -> uint8 [N,H,W,3]."""
@@ -169,6 +202,33 @@ class ProgressBar:
     def close(self) -> None:
         self.stream.write("\n")
         self.stream.flush()
+
+
+class PeriodicProgress:
+    """A progress line every `every_s` seconds for loops that go to log files (evaluation):
+    'eval: 48/200 images | 3.10 img/s | ETA 0m49s'. Counts what has finished: before a line
+    is printed the caller's last result is waited for (`ready`), so the rate is not the rate at
+    which work is queued."""
+
+    def __init__(self, total: int | None, *, label: str = "eval", every_s: float = 10.0):
+        self.total, self.label, self.every_s = total, label, every_s
+        self.done = 0
+        self.start = self._last = time.perf_counter()
+
+    def update(self, n: int, ready=None) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if now - self._last < self.every_s:
+            return
+        if ready is not None:
+            jax.block_until_ready(ready)
+            now = time.perf_counter()
+        self._last = now
+        done = min(self.done, self.total) if self.total else self.done
+        rate = done / max(now - self.start, 1e-9)
+        of = f"/{self.total}" if self.total else ""
+        eta = f" | ETA {format_duration((self.total - done) / rate)}" if self.total and rate else ""
+        print(f"{self.label}: {done}{of} images | {rate:.2f} img/s{eta}", flush=True)
 
 
 def colorize(label: np.ndarray, palette: np.ndarray) -> np.ndarray:

@@ -3,15 +3,17 @@ evaluations, preemption). Everything it runs is built by experiment.py."""
 
 from __future__ import annotations
 
+import json
 import operator
 import pathlib
 import signal
+import time
 
 import jax
 import ml_collections
 import numpy as np
 
-from msc_seg import compile_cache, config_lib, experiment, reporting
+from msc_seg import checkpointing, compile_cache, config_lib, experiment, reporting
 from msc_seg import mesh as mesh_lib
 from msc_seg.train_state import count_params
 
@@ -86,6 +88,25 @@ def _evaluate_and_keep_best(exp: experiment.Experiment, state, step: int) -> dic
     return results
 
 
+def _finished_run(config: ml_collections.ConfigDict, workdir) -> dict | None:
+    """A workdir whose newest checkpoint is at total_steps is done: say so (writing nothing)
+    and return its last evaluation, instead of building the run and evaluating again. None when
+    there is training left (or the workdir's config is refused: `build` says why)."""
+    workdir = pathlib.Path(workdir)
+    latest = checkpointing.latest_saved_step(workdir)
+    if latest is None or latest < config.total_steps:
+        return None
+    config_lib.upgrade(config)
+    checkpointing.check_workdir_config(workdir, config_lib.to_dict(config), what="this config")
+    reporting.log_and_print(
+        f"{workdir}: already at total_steps={config.total_steps}; nothing to do (use "
+        "--mode=eval to evaluate again)"
+    )
+    table = workdir / f"eval_{latest}.json"
+    results = json.loads(table.read_text()) if table.exists() else {}
+    return results | {"step": latest}
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
     """Trains (resuming from the workdir's latest checkpoint), evaluates, checkpoints.
 
@@ -93,10 +114,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     Metrics are summed on device and fetched one step late (as is the non-finite flag), so the
     host never waits for the step it just dispatched.
     """
+    finished = _finished_run(config, workdir)
+    if finished is not None:
+        return finished
     exp = experiment.build(config, workdir, mode="train")
     c = config
     try:
         state, step = _initial_state(exp)
+        exp.reporter.drop_rows_after(step)  # steps retrained after a kill are not logged twice
         reporting.log_and_print(
             f"Model {c.model.name}/{c.model.get('backbone', '-')}: "
             f"{count_params(state.params):,} parameters; "
@@ -126,10 +151,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                 if first:  # steps/s and the ETA count the steps after the compile
                     reporter.restart_clock(step)
                 if pending is not None:
-                    _raise_if_nonfinite(exp, *pending)
+                    _raise_if_nonfinite(exp, *pending)  # waits for the previous step
+                # Every log line is timed when its step has finished (here, or once fetched
+                # after the loop), not when the next one was queued: no window is counted as
+                # taking no time (the bogus rate of the line after SIGTERM).
+                previous_done = time.time()
                 pending = (step, metrics["nonfinite"])
                 if to_log is not None:
-                    reporter.write_mean_scalars(*to_log)
+                    reporter.write_mean_scalars(*to_log, now=previous_done)
                     to_log = None
                 sums = metrics if sums is None else jax.tree.map(operator.add, sums, metrics)
                 count += 1
@@ -143,6 +172,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                         reporter.write_mean_scalars(*to_log)
                         to_log = None
                     results = _evaluate_and_keep_best(exp, state, step)
+                    reporter.restart_clock(step)  # steps/s: training only, not the evaluation
                 if preemption.requested:
                     break
         if pending is not None:

@@ -172,6 +172,9 @@ def test_run_stopped_by_sigterm_resumes_at_the_saved_step_with_the_same_state(
     with monkeypatch.context() as m:
         _sigterm_after(2, m)
         train.train_and_evaluate(config, tmp_path)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rates = [r["steps_per_sec"] for r in rows if "steps_per_sec" in r]
+    assert rates and max(rates) < 100, rates  # the line written after SIGTERM too: no bogus rate
     saved, step = params_of(tmp_path, config)
     assert step == 2 and int(saved.step) == 2
     assert not (tmp_path / "checkpoints" / "4").exists()
@@ -210,6 +213,7 @@ def snapshot(folder: pathlib.Path) -> dict[str, bytes]:
         ({"loss.aux_weight": 0.0}, "loss.aux_weight"),
         ({"optimizer.grad_clip_norm": 1.0}, "optimizer.grad_clip_norm"),
         ({"optimizer.name": "sgd"}, "optimizer.name"),
+        ({"model.projector_position": "backbone"}, "model.projector_position"),
     ],
 )
 def test_structural_change_is_refused_before_the_workdir_is_touched(
@@ -253,3 +257,100 @@ def test_validation_error_names_the_field_before_anything_runs(data_dir, tmp_pat
     with pytest.raises(config_lib.ConfigError, match="batch_size"):
         train.train_and_evaluate(config, tmp_path)
     assert not (tmp_path / "config.json").exists()
+
+
+def _cli(*args, timeout=600):
+    """`python -m msc_seg.main ARGS` with this process's devices and compilation cache."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    cache = jax.config.jax_compilation_cache_dir
+    return subprocess.run(
+        [sys.executable, "-m", "msc_seg.main", f"--compile_cache={cache}", *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_eval_with_the_workdir_alone_reproduces_the_training_miou(unbroken):
+    workdir, _, trained = unbroken
+    table = (workdir / "eval_4.json").read_bytes()
+    done = _cli("--mode=eval", f"--workdir={workdir}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"config: {workdir}/config.json (no overrides)" in done.stdout
+    assert (workdir / "eval_4.json").read_bytes() == table  # same protocol, same numbers
+    assert json.loads(table)["mIoU"] == pytest.approx(trained["mIoU"], abs=0)
+
+
+def test_eval_with_another_protocol_writes_its_own_file(unbroken):
+    workdir, _, _ = unbroken
+    table = (workdir / "eval_4.json").read_bytes()
+    done = _cli("--mode=eval", f"--workdir={workdir}", "--config.eval.protocol.flip=True")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "eval.protocol.flip: False -> True" in done.stdout
+    assert (workdir / "eval_4_whole_flip_first16.json").exists()  # eval.max_examples=16
+    assert (workdir / "eval_4.json").read_bytes() == table  # the plain evaluation is kept
+
+
+def test_predict_with_the_workdir_alone(unbroken, tmp_path):
+    from PIL import Image
+
+    workdir, _, _ = unbroken
+    (tmp_path / "in").mkdir()
+    Image.new("RGB", (40, 56)).save(tmp_path / "in" / "a.png")
+    done = _cli(
+        "--mode=predict",
+        f"--workdir={workdir}",
+        f"--images={tmp_path / 'in'}",
+        f"--output={tmp_path / 'out'}",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "out" / "a_ids.png").exists()
+
+
+def test_rerunning_a_finished_run_says_so_and_writes_nothing(unbroken, capsys):
+    workdir, config, trained = unbroken
+    before = snapshot(workdir)
+    results = train.train_and_evaluate(config, workdir)
+    assert "already at total_steps=4; nothing to do (use --mode=eval" in capsys.readouterr().out
+    assert results["mIoU"] == pytest.approx(trained["mIoU"]) and results["step"] == 4
+    assert snapshot(workdir) == before
+
+
+def test_a_checkpoint_tree_no_config_field_explains_is_refused(unbroken, data_dir, tmp_path):
+    """config.json says contrastive off (edited by hand), the checkpoint has projectors: the
+    comparison with the checkpoint's own tree refuses, naming the paths."""
+    import shutil
+
+    workdir, _, _ = unbroken
+    shutil.copytree(workdir, tmp_path / "run")
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    saved["loss"]["contrastive"]["weight"] = 0.0
+    (tmp_path / "run" / "config.json").write_text(json.dumps(saved))
+    before = snapshot(tmp_path / "run")
+    other = micro_config(data_dir, **{"loss.contrastive.weight": 0.0, "total_steps": 8})
+    with pytest.raises(
+        checkpointing.WorkdirMismatchError, match="only in the checkpoint: .*params/projectors"
+    ):
+        train.train_and_evaluate(other, tmp_path / "run")
+    assert snapshot(tmp_path / "run") == before
+
+
+def test_resumed_steps_have_one_metrics_row_each(data_dir, tmp_path):
+    from msc_seg import reporting
+
+    (tmp_path / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (1, 2, 3, 4))
+    )
+    reporter = reporting.Reporter(tmp_path, 4)
+    reporter.drop_rows_after(2)  # resumed from step 2: rows 3 and 4 will be written again
+    reporter.write_scalars(3, {"loss": 0.5}, progress=False)
+    reporter.close()
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3] and rows[-1]["loss"] == 0.5
+    old = [json.loads(x) for x in (tmp_path / "metrics.superseded.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in old] == [3, 4]

@@ -33,6 +33,21 @@ tfds.disable_progress_bar()
 pylogging.getLogger("absl").addFilter(_QuietTfdsFilter())
 
 
+def _announce_build(builder) -> None:
+    print(f"preparing dataset {builder.name} in {builder.data_dir} (once) ...", flush=True)
+
+
+def _announce_built(builder) -> None:
+    print(f"dataset {builder.name} prepared in {builder.data_dir}", flush=True)
+
+
+# Our builders read local files (or generate the demo): tfds's "Downloading and preparing dataset
+# Unknown size (download: Unknown size, ...)" and "downloaded and prepared" lines are wrong there.
+for _builder in (MscSegDemo, MscSegFolder):
+    _builder._log_download_bytes = _announce_build
+    _builder._log_download_done = _announce_built
+
+
 class DatasetNotPreparedError(RuntimeError):
     """The dataset is not built in `data_dir`; the message says how to build it."""
 
