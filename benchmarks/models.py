@@ -163,7 +163,7 @@ def device_peak_bytes() -> int | None:
 def compile_timed(jitted, *args, what: str):
     """-> (compiled executable, {what}_lower_s: tracing + lowering seconds, {what}_xla_compile_s,
     {what}_compile_s: their sum, and the peak host RSS after each (compile memory on CPU))."""
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     lowered = jitted.lower(*args)
     lower_s = time.perf_counter() - t
     flops = compiled_flops(lowered)  # the HLO's own count: backend library calls included
@@ -173,6 +173,7 @@ def compile_timed(jitted, *args, what: str):
     xla_s = time.perf_counter() - t
     stats = {
         f"{what}_compile_s": lower_s + xla_s,
+        f"{what}_compile_cpu_s": time.process_time() - cpu,  # all threads; steadier when shared
         f"{what}_lower_s": lower_s,
         f"{what}_xla_compile_s": xla_s,
         f"peak_host_rss_after_{what}_lower_bytes": rss_lowered,
@@ -180,7 +181,8 @@ def compile_timed(jitted, *args, what: str):
         f"peak_host_rss_after_{what}_compile_bytes": peak_host_rss_bytes(),
     }
     print(
-        f"  {what}: traced + lowered in {lower_s:.1f} s, XLA compile {xla_s:.1f} s, peak RSS "
+        f"  {what}: traced + lowered in {lower_s:.1f} s, XLA compile {xla_s:.1f} s "
+        f"({stats[f'{what}_compile_cpu_s']:.1f} s CPU in all), peak RSS "
         f"{stats[f'peak_host_rss_after_{what}_compile_bytes'] / GIB:.2f} GiB",
         flush=True,
     )
@@ -362,13 +364,16 @@ def run_child(name: str, args) -> dict:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=sys.stderr, stderr=sys.stderr, env=env)
-    rss_seen, timed_out, loads = 0, False, []
+    rss_seen, timed_out, over_rss, loads = 0, False, False, []
     while proc.poll() is None:  # watch the child's peak RSS: a child killed cannot report it
         rss_seen = max(rss_seen, proc_peak_rss_bytes(proc.pid))
         loads.append(os.getloadavg()[0])
         if time.perf_counter() - t > args.timeout:
             proc.kill()
             timed_out = True
+        if args.max_rss_gb and proc_rss_bytes(proc.pid) > args.max_rss_gb * GIB:
+            proc.kill()  # on a shared machine, stop before the kernel's OOM killer has to
+            over_rss = True
         time.sleep(1.0)
     text = pathlib.Path(result_file).read_text()
     pathlib.Path(result_file).unlink(missing_ok=True)
@@ -378,6 +383,8 @@ def run_child(name: str, args) -> dict:
     result["load_mean"] = statistics.fmean(loads) if loads else None
     if timed_out:
         result["error"] = f"timed out after {args.timeout:.0f} s in {result['phase']}"
+    elif over_rss:
+        result["error"] = f"killed at --max-rss-gb {args.max_rss_gb:g} in {result['phase']}"
     elif proc.returncode and "error" not in result:
         result["error"] = describe_exit(proc.returncode, result["phase"], rss_seen)
     result["wall_s"] = time.perf_counter() - t
@@ -392,6 +399,17 @@ def proc_peak_rss_bytes(pid: int) -> int:
     try:
         for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def proc_rss_bytes(pid: int) -> int:
+    """Current RSS (VmRSS) of process `pid` from /proc (Linux), 0 where unavailable."""
+    try:
+        for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
@@ -539,6 +557,12 @@ def parse_args(argv=None):
         help="weight of MS+CS in the step (0: CE only, for the contrastive share of the step)",
     )
     parser.add_argument("--timeout", type=float, default=3 * 3600, help="seconds per model")
+    parser.add_argument(
+        "--max-rss-gb",
+        type=float,
+        default=0.0,
+        help="kill a model's subprocess when its RSS passes this many GiB (0: no limit)",
+    )
     parser.add_argument("--json", default="", help="also write the results to this JSON file")
     parser.add_argument(
         "--resume", action="store_true", help="reuse the successful rows of --json; run the rest"

@@ -424,7 +424,7 @@ def to_json(config: ml_collections.ConfigDict) -> str:
 
 # Model arguments that change neither parameter shapes nor their meaning: every other `model.*`
 # field is structural (a resume with a different value is refused).
-NON_STRUCTURAL_MODEL_FIELDS = ("dtype", "dropout", "drop_path_rate", "remat")
+NON_STRUCTURAL_MODEL_FIELDS = ("dtype", "dropout", "drop_path_rate", "remat", "scan_blocks")
 # Fields whose change makes an existing checkpoint unusable (different parameter or optimizer
 # state trees) or meaningless to resume (different data/labels).
 STRUCTURAL_FIELDS = ("dataset.name", "optimizer.name")

@@ -1,0 +1,243 @@
+"""Compile cost of the paper models' train steps, without running them.
+
+    python benchmarks/train_compile.py --models hrnet[,ocrnet,...] [--size 512] [--batch 2]
+        [--dtype float32] [--model-kwargs remat=blocks,scan_blocks=False] [--guard where|cond]
+        [--contrastive-weight W] [--max-rss-gb 12] [--timeout 1800]
+
+For each model, in its own subprocess (as benchmarks/models.py, whose configs and train step it
+reuses: the real jitted `train_step.make_train_step`, CE + aux + 0.1 x MS+CS contrastive, SGD or
+AdamW), the train state is built *abstractly* (`jax.eval_shape`: no initialiser compiles, no
+weights), then the step is lowered and compiled. Prints one markdown row per model:
+  HLO lines       lines of the lowered StableHLO text (what XLA is given)
+  lower s         tracing + lowering
+  compile s       XLA compile, wall and process CPU (all threads; steadier on a shared machine)
+  peak RSS GiB    the subprocess's peak resident set (imports included), read from /proc by the
+                  parent every 0.5 s (so a child killed at --max-rss-gb still reports it)
+Use benchmarks/models.py for step times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+GIB = 1024**3
+
+
+def child(args) -> dict:
+    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import jax
+    import models as bench  # benchmarks/models.py
+
+    from msc_seg import config_lib
+    from msc_seg import mesh as mesh_lib
+    from msc_seg.train import contrastive_kwargs
+    from msc_seg.train_state import make_state_factory, make_tx_builder
+
+    make_train_step = load_make_train_step(args.guard)
+
+    bench.volunteer_for_oom_killer()
+    case = bench.MODELS[args.child]
+    config = bench.make_benchmark_config(case, args.batch, args.size, args.dtype)
+    if args.model_kwargs:  # extra segmentor kwargs the glue's config may not know (yet)
+        import functools
+
+        from msc_seg.models import segmentor
+
+        extra = parse_model_kwargs(args.model_kwargs)
+        factory = segmentor._resolve(case.name)
+        segmentor.register_segmentor(case.name, functools.partial(factory, **extra))
+    if args.contrastive_weight is not None:
+        config.loss.contrastive.weight = args.contrastive_weight
+    config_lib.validate(config, config_lib.RuntimeFacts(jax.device_count(), jax.process_count()))
+    mesh = mesh_lib.make_mesh(config.mesh.data)
+    batch = mesh_lib.host_batch_to_global(bench.make_synthetic_batch(args.batch, args.size), mesh)
+    tx_builder = make_tx_builder(config)
+    model_def, create_state, _ = make_state_factory(config, bench.NUM_CLASSES, mesh, tx_builder)
+    t = time.perf_counter()
+    state = jax.eval_shape(create_state)
+    abstract_s = time.perf_counter() - t
+    step_fn = make_train_step(
+        model_def,
+        tx_builder(state.params),
+        tx_builder.schedule,
+        aux_weight=config.loss.aux_weight,
+        class_weights=tuple(config.loss.class_weights),
+        contrastive_weight=config.loss.contrastive.weight,
+        contrastive_kwargs=contrastive_kwargs(config, bench.NUM_CLASSES),
+    )
+    key = jax.random.key(config.seed)
+    t = time.perf_counter()
+    lowered = jax.jit(step_fn, donate_argnums=(0,)).lower(state, batch, key)
+    lower_s = time.perf_counter() - t
+    lines = len(lowered.as_text().splitlines())
+    print(
+        f"  {args.child}: abstract state {abstract_s:.1f} s, lowered in {lower_s:.1f} s, "
+        f"{lines} HLO lines",
+        file=sys.stderr,
+        flush=True,
+    )
+    t, cpu = time.perf_counter(), time.process_time()
+    compiled = lowered.compile()
+    result = {
+        "model": args.child,
+        "hlo_lines": lines,
+        "lower_s": lower_s,
+        "compile_s": time.perf_counter() - t,
+        "compile_cpu_s": time.process_time() - cpu,
+        "plan_bytes": bench.planned_bytes(compiled),
+    }
+    return result
+
+
+def parse_model_kwargs(text: str) -> dict:
+    """'remat=blocks,scan_blocks=False' -> {'remat': 'blocks', 'scan_blocks': False}."""
+    out = {}
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        out[key] = {"True": True, "False": False}.get(value, value)
+    return out
+
+
+WHERE_GUARD = "new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)"
+COND_GUARD = "new_state = jax.lax.cond(finite, lambda: new_state, lambda: state)"
+
+
+def load_make_train_step(guard: str):
+    """`msc_seg.train_step.make_train_step`, or with guard="cond" the same module with its
+    non-finite guard's per-leaf `jnp.where(finite, new, old)` replaced by one
+    `jax.lax.cond(finite, new, old)` (same result; the per-leaf selects that all depend on one
+    scalar of every gradient make XLA CPU's instruction fusion take > 10 min for HRNet's 941
+    parameter leaves, the cond ~30 s). Fails if the glue no longer has that line."""
+    import importlib.util
+
+    from msc_seg import train_step
+
+    if guard == "where":
+        return train_step.make_train_step
+    source = pathlib.Path(train_step.__file__).read_text()
+    if WHERE_GUARD not in source:
+        raise SystemExit(f"--guard=cond: {train_step.__file__} no longer has `{WHERE_GUARD}`")
+    spec = importlib.util.spec_from_loader("train_step_cond_guard", loader=None)
+    module = importlib.util.module_from_spec(spec)
+    exec(
+        compile(source.replace(WHERE_GUARD, COND_GUARD), train_step.__file__, "exec"),
+        module.__dict__,
+    )
+    return module.make_train_step
+
+
+def run_child(name: str, args) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        result_file = f.name
+    cmd = [
+        sys.executable,
+        str(pathlib.Path(__file__).resolve()),
+        f"--child={name}",
+        f"--result-file={result_file}",
+        f"--batch={args.batch}",
+        f"--size={args.size}",
+        f"--dtype={args.dtype}",
+        f"--model-kwargs={args.model_kwargs}",
+        f"--guard={args.guard}",
+    ]
+    if args.contrastive_weight is not None:
+        cmd.append(f"--contrastive-weight={args.contrastive_weight}")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=sys.stderr, stderr=sys.stderr, env=env)
+    peak, why = 0, ""
+    while proc.poll() is None:
+        peak = max(peak, _status_bytes(proc.pid, "VmHWM:"))
+        if args.max_rss_gb and _status_bytes(proc.pid, "VmRSS:") > args.max_rss_gb * GIB:
+            proc.kill()
+            why = f"killed at --max-rss-gb {args.max_rss_gb:g}"
+        elif time.perf_counter() - t > args.timeout:
+            proc.kill()
+            why = f"timed out after {args.timeout:.0f} s"
+        time.sleep(0.5)
+    text = pathlib.Path(result_file).read_text()
+    pathlib.Path(result_file).unlink(missing_ok=True)
+    result = json.loads(text) if text else {"model": name}
+    if not text:
+        result["error"] = why or f"exited with {proc.returncode}"
+    result["peak_rss_bytes"] = peak
+    result["wall_s"] = time.perf_counter() - t
+    return result
+
+
+def _status_bytes(pid: int, field: str) -> int:
+    try:
+        for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def format_row(r: dict) -> str:
+    peak = f"{r['peak_rss_bytes'] / GIB:.2f}"
+    if "error" in r:
+        return f"| {r['model']} | failed: {r['error']} | | | | {'>= ' + peak} | |"
+    plan = r["plan_bytes"]
+    return (
+        f"| {r['model']} | {r['hlo_lines']} | {r['lower_s']:.1f} | {r['compile_s']:.1f} | "
+        f"{r['compile_cpu_s']:.1f} | {peak} | {'-' if plan is None else f'{plan / GIB:.2f}'} |"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="hrnet")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument(
+        "--model-kwargs",
+        default="",
+        help="extra segmentor kwargs, e.g. remat=blocks,scan_blocks=False",
+    )
+    parser.add_argument(
+        "--guard",
+        default="where",
+        choices=("where", "cond"),
+        help="the train step's non-finite guard: as written (where) or as one lax.cond",
+    )
+    parser.add_argument(
+        "--contrastive-weight", type=float, default=None, help="override (0: no MS+CS loss)"
+    )
+    parser.add_argument("--max-rss-gb", type=float, default=12.0)
+    parser.add_argument("--timeout", type=float, default=1800.0)
+    parser.add_argument("--child", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--result-file", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        pathlib.Path(args.result_file).write_text(json.dumps(child(args)))
+        return
+    print(
+        f"settings: batch {args.batch}, {args.size}x{args.size}, {args.dtype}, model kwargs "
+        f"{args.model_kwargs or '-'}, guard {args.guard}; {os.cpu_count()} CPU cores, load "
+        f"{os.getloadavg()[0]:.1f} at start"
+    )
+    print(
+        "| model | HLO lines | lower s | XLA compile s | compile CPU s | peak RSS GiB | "
+        "XLA plan GiB |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for name in filter(None, args.models.split(",")):
+        print(format_row(run_child(name, args)), flush=True)
+    print(f"load {os.getloadavg()[0]:.1f} at end")
+
+
+if __name__ == "__main__":
+    main()
