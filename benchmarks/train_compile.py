@@ -37,46 +37,26 @@ def child(args) -> dict:
     import jax
     import models as bench  # benchmarks/models.py
 
-    from msc_seg import config_lib
+    from msc_seg import config_lib, experiment
     from msc_seg import mesh as mesh_lib
-    from msc_seg.train import contrastive_kwargs
-    from msc_seg.train_state import make_state_factory, make_tx_builder
 
-    make_train_step = load_make_train_step(args.guard)
+    # The glue's train step, or its guard="cond" variant (see load_make_train_step).
+    experiment.make_train_step = load_make_train_step(args.guard)
 
     bench.volunteer_for_oom_killer()
     case = bench.MODELS[args.child]
-    config = bench.make_benchmark_config(case, args.batch, args.size, args.dtype)
-    if args.model_kwargs:  # extra segmentor kwargs the glue's config may not know (yet)
-        import functools
-
-        from msc_seg.models import segmentor
-
-        extra = parse_model_kwargs(args.model_kwargs)
-        factory = segmentor._resolve(case.name)
-        segmentor.register_segmentor(case.name, functools.partial(factory, **extra))
-    if args.contrastive_weight is not None:
-        config.loss.contrastive.weight = args.contrastive_weight
-    config_lib.validate(config, config_lib.RuntimeFacts(jax.device_count(), jax.process_count()))
+    weight = 0.1 if args.contrastive_weight is None else args.contrastive_weight
+    config = bench.make_benchmark_config(case, args.batch, args.size, args.dtype, weight)
+    config.model.update(parse_model_kwargs(args.model_kwargs))  # e.g. remat, scan_blocks
+    config_lib.validate(config, experiment.runtime_facts())
     mesh = mesh_lib.make_mesh(config.mesh.data)
     batch = mesh_lib.host_batch_to_global(bench.make_synthetic_batch(args.batch, args.size), mesh)
-    tx_builder = make_tx_builder(config)
-    model_def, create_state, _ = make_state_factory(config, bench.NUM_CLASSES, mesh, tx_builder)
     t = time.perf_counter()
-    state = jax.eval_shape(create_state)
+    parts = experiment.build_train_parts(config, bench.NUM_CLASSES, mesh)  # abstract state only
     abstract_s = time.perf_counter() - t
-    step_fn = make_train_step(
-        model_def,
-        tx_builder(state.params),
-        tx_builder.schedule,
-        aux_weight=config.loss.aux_weight,
-        class_weights=tuple(config.loss.class_weights),
-        contrastive_weight=config.loss.contrastive.weight,
-        contrastive_kwargs=contrastive_kwargs(config, bench.NUM_CLASSES),
-    )
     key = jax.random.key(config.seed)
     t = time.perf_counter()
-    lowered = jax.jit(step_fn, donate_argnums=(0,)).lower(state, batch, key)
+    lowered = parts.train_step.lower(parts.abstract_state, batch, key)
     lower_s = time.perf_counter() - t
     lines = len(lowered.as_text().splitlines())
     print(
