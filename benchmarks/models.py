@@ -2,7 +2,7 @@
 
     python benchmarks/models.py [--models deeplabv3,hrnet,...] [--batch 2] [--size 512]
         [--dtype float32|bfloat16] [--repeats 3] [--repeats-override upernet_swin_l=2]
-        [--json OUT.json [--resume]]
+        [--json OUT.json [--resume]] [--torch-peer [--torch-contrastive-weights 0.1,0]]
 
 Models (the paper's), each built through the project's own config -> run path
 (`experiment.build_train_parts`: the model, optimizer, objective and the real jitted train step of
@@ -30,6 +30,8 @@ The machine may be shared: the load average at start and end is printed with the
 `--resume` keeps the successful rows of the same batch / size / dtype already in the --json file
 and runs only the other models (e.g. after one was killed for memory), then prints the full table.
 The table goes to stdout; progress and the children's logs go to stderr.
+--torch-peer: then, for each UPerNet-Swin of --models, our train step against HF transformers'
+PyTorch UperNetForSemanticSegmentation on the same cores, steps alternated (torch_peer.py).
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ import sys
 import tempfile
 import time
 import traceback
+
+import torch_peer  # benchmarks/torch_peer.py (imports neither torch nor JAX at module level)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_CLASSES = 150
@@ -563,6 +567,12 @@ def parse_args(argv=None):
         default=0.0,
         help="kill a model's subprocess when its RSS passes this many GiB (0: no limit)",
     )
+    parser.add_argument(
+        "--torch-peer",
+        action="store_true",
+        help="then compare each UPerNet-Swin's train step with HF PyTorch's (torch_peer.py)",
+    )
+    torch_peer.add_arguments(parser)
     parser.add_argument("--json", default="", help="also write the results to this JSON file")
     parser.add_argument(
         "--resume", action="store_true", help="reuse the successful rows of --json; run the rest"
@@ -605,6 +615,31 @@ def main(argv=None) -> None:
             pathlib.Path(args.json).write_text(json.dumps(results, indent=2))
     report = format_report(results, args, time.perf_counter() - t, (load_start, os.getloadavg()[0]))
     print(report, flush=True)
+    if args.torch_peer:
+        run_torch_peer(args)
+
+
+def run_torch_peer(args) -> None:
+    """The torch_peer.py comparison for each UPerNet-Swin of --models (step time and memory)."""
+    rows = []
+    for name in args.model_list:
+        if MODELS[name].name != "upernet":
+            continue
+        peer_args = argparse.Namespace(
+            backbone=MODELS[name].backbone,
+            batch=args.batch,
+            size=args.size,
+            repeats=args.repeats,
+            contrastive_weights=[float(v) for v in args.torch_contrastive_weights.split(",")],
+        )
+        rows += torch_peer.compare(peer_args)
+    if not rows:
+        print("--torch-peer: no UPerNet-Swin in --models", flush=True)
+        return
+    print(torch_peer.format_rows(rows, args.batch, args.size), flush=True)
+    if args.json:
+        path = pathlib.Path(args.json)
+        path.with_name(path.stem + "_torch_peer.json").write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

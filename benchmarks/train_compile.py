@@ -40,7 +40,7 @@ def child(args) -> dict:
     from msc_seg import config_lib, experiment
     from msc_seg import mesh as mesh_lib
 
-    # The glue's train step, or its guard="cond" variant (see load_make_train_step).
+    # The glue's train step, or its guard="where" variant (see load_make_train_step).
     experiment.make_train_step = load_make_train_step(args.guard)
 
     bench.volunteer_for_oom_killer()
@@ -92,24 +92,24 @@ COND_GUARD = "new_state = jax.lax.cond(finite, lambda: new_state, lambda: state)
 
 
 def load_make_train_step(guard: str):
-    """`msc_seg.train_step.make_train_step`, or with guard="cond" the same module with its
-    non-finite guard's per-leaf `jnp.where(finite, new, old)` replaced by one
-    `jax.lax.cond(finite, new, old)` (same result; the per-leaf selects that all depend on one
-    scalar of every gradient make XLA CPU's instruction fusion take > 10 min for HRNet's 941
-    parameter leaves, the cond ~30 s). Fails if the glue no longer has that line."""
+    """`msc_seg.train_step.make_train_step` (its non-finite guard is one `jax.lax.cond`), or with
+    guard="where" the same module with the guard as the per-leaf `jnp.where(finite, new, old)`
+    it had before (same result; the per-leaf selects that all depend on one scalar of every
+    gradient make XLA CPU's instruction fusion take > 10 min for HRNet's 941 parameter leaves,
+    the cond ~30 s). Fails if the glue no longer has that line."""
     import importlib.util
 
     from msc_seg import train_step
 
-    if guard == "where":
+    if guard == "cond":
         return train_step.make_train_step
     source = pathlib.Path(train_step.__file__).read_text()
-    if WHERE_GUARD not in source:
-        raise SystemExit(f"--guard=cond: {train_step.__file__} no longer has `{WHERE_GUARD}`")
-    spec = importlib.util.spec_from_loader("train_step_cond_guard", loader=None)
+    if COND_GUARD not in source:
+        raise SystemExit(f"--guard=where: {train_step.__file__} no longer has `{COND_GUARD}`")
+    spec = importlib.util.spec_from_loader("train_step_where_guard", loader=None)
     module = importlib.util.module_from_spec(spec)
     exec(
-        compile(source.replace(WHERE_GUARD, COND_GUARD), train_step.__file__, "exec"),
+        compile(source.replace(COND_GUARD, WHERE_GUARD), train_step.__file__, "exec"),
         module.__dict__,
     )
     return module.make_train_step
@@ -188,9 +188,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--guard",
-        default="where",
-        choices=("where", "cond"),
-        help="the train step's non-finite guard: as written (where) or as one lax.cond",
+        default="cond",
+        choices=("cond", "where"),
+        help="the train step's non-finite guard: as written (one lax.cond) or per-leaf where",
     )
     parser.add_argument(
         "--contrastive-weight", type=float, default=None, help="override (0: no MS+CS loss)"
