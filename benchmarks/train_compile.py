@@ -58,24 +58,30 @@ def child(args) -> dict:
     t = time.perf_counter()
     lowered = parts.train_step.lower(parts.abstract_state, batch, key)
     lower_s = time.perf_counter() - t
-    lines = len(lowered.as_text().splitlines())
+    text = lowered.as_text()
+    lines = len(text.splitlines())
+    ops = {op: text.count(f"stablehlo.{op}") for op in COUNTED_OPS}
     print(
         f"  {args.child}: abstract state {abstract_s:.1f} s, lowered in {lower_s:.1f} s, "
-        f"{lines} HLO lines",
+        f"{lines} HLO lines, {ops}",
         file=sys.stderr,
         flush=True,
     )
+    result = {"model": args.child, "hlo_lines": lines, "ops": ops, "lower_s": lower_s}
+    if args.lower_only:
+        return result
     t, cpu = time.perf_counter(), time.process_time()
     compiled = lowered.compile()
-    result = {
-        "model": args.child,
-        "hlo_lines": lines,
-        "lower_s": lower_s,
+    return result | {
         "compile_s": time.perf_counter() - t,
         "compile_cpu_s": time.process_time() - cpu,
         "plan_bytes": bench.planned_bytes(compiled),
     }
-    return result
+
+
+# StableHLO ops counted in the lowered program (what XLA is given): convolutions and matmuls
+# (each copy is compiled and autotuned separately), loops (scanned blocks), gathers (resizes).
+COUNTED_OPS = ("convolution", "dot_general", "while", "gather", "select", "reduce")
 
 
 def parse_model_kwargs(text: str) -> dict:
@@ -129,6 +135,8 @@ def run_child(name: str, args) -> dict:
         f"--model-kwargs={args.model_kwargs}",
         f"--guard={args.guard}",
     ]
+    if args.lower_only:
+        cmd.append("--lower-only")
     if args.contrastive_weight is not None:
         cmd.append(f"--contrastive-weight={args.contrastive_weight}")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
@@ -167,10 +175,15 @@ def _status_bytes(pid: int, field: str) -> int:
 def format_row(r: dict) -> str:
     peak = f"{r['peak_rss_bytes'] / GIB:.2f}"
     if "error" in r:
-        return f"| {r['model']} | failed: {r['error']} | | | | {'>= ' + peak} | |"
+        return f"| {r['model']} | failed: {r['error']} | | | | | {'>= ' + peak} | |"
+    ops = " ".join(f"{k[:4]} {v}" for k, v in r["ops"].items())
+    if "compile_s" not in r:  # --lower-only
+        return (
+            f"| {r['model']} | {r['hlo_lines']} | {ops} | {r['lower_s']:.1f} | - | - | {peak} | - |"
+        )
     plan = r["plan_bytes"]
     return (
-        f"| {r['model']} | {r['hlo_lines']} | {r['lower_s']:.1f} | {r['compile_s']:.1f} | "
+        f"| {r['model']} | {r['hlo_lines']} | {ops} | {r['lower_s']:.1f} | {r['compile_s']:.1f} | "
         f"{r['compile_cpu_s']:.1f} | {peak} | {'-' if plan is None else f'{plan / GIB:.2f}'} |"
     )
 
@@ -195,6 +208,9 @@ def main() -> None:
     parser.add_argument(
         "--contrastive-weight", type=float, default=None, help="override (0: no MS+CS loss)"
     )
+    parser.add_argument(
+        "--lower-only", action="store_true", help="trace and lower only: HLO size and op counts"
+    )
     parser.add_argument("--max-rss-gb", type=float, default=12.0)
     parser.add_argument("--timeout", type=float, default=1800.0)
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
@@ -210,13 +226,13 @@ def main() -> None:
         f"{os.getloadavg()[0]:.1f} at start"
     )
     print(
-        "| model | HLO lines | lower s | XLA compile s | compile CPU s | peak RSS GiB | "
+        "| model | HLO lines | ops | lower s | XLA compile s | compile CPU s | peak RSS GiB | "
         "XLA plan GiB |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for name in filter(None, args.models.split(",")):
         print(format_row(run_child(name, args)), flush=True)
-    print(f"load {os.getloadavg()[0]:.1f} at end")
+    print(f"load {'/'.join(f'{v:.1f}' for v in os.getloadavg())} (1/5/15 min) at end")
 
 
 if __name__ == "__main__":
