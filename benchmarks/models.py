@@ -2,7 +2,7 @@
 
     python benchmarks/models.py [--models deeplabv3,hrnet,...] [--batch 2] [--size 512]
         [--dtype float32|bfloat16] [--repeats 3] [--repeats-override upernet_swin_l=2]
-        [--json OUT.json [--resume]]
+        [--json OUT.json [--resume]] [--torch-peer [--torch-contrastive-weights 0.1,0]]
 
 Models (the paper's), each built through the project's own config -> run path
 (`experiment.build_train_parts`: the model, optimizer, objective and the real jitted train step of
@@ -30,6 +30,8 @@ The machine may be shared: the load average at start and end is printed with the
 `--resume` keeps the successful rows of the same batch / size / dtype already in the --json file
 and runs only the other models (e.g. after one was killed for memory), then prints the full table.
 The table goes to stdout; progress and the children's logs go to stderr.
+--torch-peer: then, for each UPerNet-Swin of --models, our train step against HF transformers'
+PyTorch UperNetForSemanticSegmentation on the same cores, steps alternated (torch_peer.py).
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ import sys
 import tempfile
 import time
 import traceback
+
+import torch_peer  # benchmarks/torch_peer.py (imports neither torch nor JAX at module level)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_CLASSES = 150
@@ -163,7 +167,7 @@ def device_peak_bytes() -> int | None:
 def compile_timed(jitted, *args, what: str):
     """-> (compiled executable, {what}_lower_s: tracing + lowering seconds, {what}_xla_compile_s,
     {what}_compile_s: their sum, and the peak host RSS after each (compile memory on CPU))."""
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     lowered = jitted.lower(*args)
     lower_s = time.perf_counter() - t
     flops = compiled_flops(lowered)  # the HLO's own count: backend library calls included
@@ -173,6 +177,7 @@ def compile_timed(jitted, *args, what: str):
     xla_s = time.perf_counter() - t
     stats = {
         f"{what}_compile_s": lower_s + xla_s,
+        f"{what}_compile_cpu_s": time.process_time() - cpu,  # all threads; steadier when shared
         f"{what}_lower_s": lower_s,
         f"{what}_xla_compile_s": xla_s,
         f"peak_host_rss_after_{what}_lower_bytes": rss_lowered,
@@ -180,7 +185,8 @@ def compile_timed(jitted, *args, what: str):
         f"peak_host_rss_after_{what}_compile_bytes": peak_host_rss_bytes(),
     }
     print(
-        f"  {what}: traced + lowered in {lower_s:.1f} s, XLA compile {xla_s:.1f} s, peak RSS "
+        f"  {what}: traced + lowered in {lower_s:.1f} s, XLA compile {xla_s:.1f} s "
+        f"({stats[f'{what}_compile_cpu_s']:.1f} s CPU in all), peak RSS "
         f"{stats[f'peak_host_rss_after_{what}_compile_bytes'] / GIB:.2f} GiB",
         flush=True,
     )
@@ -362,13 +368,16 @@ def run_child(name: str, args) -> dict:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=sys.stderr, stderr=sys.stderr, env=env)
-    rss_seen, timed_out, loads = 0, False, []
+    rss_seen, timed_out, over_rss, loads = 0, False, False, []
     while proc.poll() is None:  # watch the child's peak RSS: a child killed cannot report it
         rss_seen = max(rss_seen, proc_peak_rss_bytes(proc.pid))
         loads.append(os.getloadavg()[0])
         if time.perf_counter() - t > args.timeout:
             proc.kill()
             timed_out = True
+        if args.max_rss_gb and proc_rss_bytes(proc.pid) > args.max_rss_gb * GIB:
+            proc.kill()  # on a shared machine, stop before the kernel's OOM killer has to
+            over_rss = True
         time.sleep(1.0)
     text = pathlib.Path(result_file).read_text()
     pathlib.Path(result_file).unlink(missing_ok=True)
@@ -378,6 +387,8 @@ def run_child(name: str, args) -> dict:
     result["load_mean"] = statistics.fmean(loads) if loads else None
     if timed_out:
         result["error"] = f"timed out after {args.timeout:.0f} s in {result['phase']}"
+    elif over_rss:
+        result["error"] = f"killed at --max-rss-gb {args.max_rss_gb:g} in {result['phase']}"
     elif proc.returncode and "error" not in result:
         result["error"] = describe_exit(proc.returncode, result["phase"], rss_seen)
     result["wall_s"] = time.perf_counter() - t
@@ -392,6 +403,17 @@ def proc_peak_rss_bytes(pid: int) -> int:
     try:
         for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def proc_rss_bytes(pid: int) -> int:
+    """Current RSS (VmRSS) of process `pid` from /proc (Linux), 0 where unavailable."""
+    try:
+        for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
@@ -539,6 +561,18 @@ def parse_args(argv=None):
         help="weight of MS+CS in the step (0: CE only, for the contrastive share of the step)",
     )
     parser.add_argument("--timeout", type=float, default=3 * 3600, help="seconds per model")
+    parser.add_argument(
+        "--max-rss-gb",
+        type=float,
+        default=0.0,
+        help="kill a model's subprocess when its RSS passes this many GiB (0: no limit)",
+    )
+    parser.add_argument(
+        "--torch-peer",
+        action="store_true",
+        help="then compare each UPerNet-Swin's train step with HF PyTorch's (torch_peer.py)",
+    )
+    torch_peer.add_arguments(parser)
     parser.add_argument("--json", default="", help="also write the results to this JSON file")
     parser.add_argument(
         "--resume", action="store_true", help="reuse the successful rows of --json; run the rest"
@@ -581,6 +615,31 @@ def main(argv=None) -> None:
             pathlib.Path(args.json).write_text(json.dumps(results, indent=2))
     report = format_report(results, args, time.perf_counter() - t, (load_start, os.getloadavg()[0]))
     print(report, flush=True)
+    if args.torch_peer:
+        run_torch_peer(args)
+
+
+def run_torch_peer(args) -> None:
+    """The torch_peer.py comparison for each UPerNet-Swin of --models (step time and memory)."""
+    rows = []
+    for name in args.model_list:
+        if MODELS[name].name != "upernet":
+            continue
+        peer_args = argparse.Namespace(
+            backbone=MODELS[name].backbone,
+            batch=args.batch,
+            size=args.size,
+            repeats=args.repeats,
+            contrastive_weights=[float(v) for v in args.torch_contrastive_weights.split(",")],
+        )
+        rows += torch_peer.compare(peer_args)
+    if not rows:
+        print("--torch-peer: no UPerNet-Swin in --models", flush=True)
+        return
+    print(torch_peer.format_rows(rows, args.batch, args.size), flush=True)
+    if args.json:
+        path = pathlib.Path(args.json)
+        path.with_name(path.stem + "_torch_peer.json").write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

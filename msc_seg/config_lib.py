@@ -192,6 +192,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.data.pad_shape = (512, 2048)  # every eval image (and label) is padded to this (H, W)
     c.eval.data.resize_short_side = 0  # 0 = native size; ADE20K/UPerNet protocol: 512
     c.eval.data.resize_long_side = 0  # 0 = off; Cityscapes TTA: 2048, PascalContext: 520
+    # 0 = every image on the pad_shape canvas; N (a multiple of 32, one process) = each image on
+    # its bucket: max(image, label) rounded up to N per side, capped by pad_shape (one compile per
+    # bucket). Exact for sliding windows; whole-image models see less padding (docs/CONFIGS.md).
+    c.eval.data.bucket_multiple = 0
     c.eval.protocol = ml_collections.ConfigDict()  # inference.Protocol
     c.eval.protocol.mode = "whole"  # "whole" image or "slide" (sliding windows, mmseg placement)
     c.eval.protocol.window = (512, 512)  # slide only: window (H, W), multiples of 32
@@ -366,6 +370,20 @@ def validate(config: ml_collections.ConfigDict, facts: RuntimeFacts) -> None:
     for field in ("resize_short_side", "resize_long_side"):
         if int(c.eval.data[field]) < 0:
             raise _err(f"eval.data.{field}", c.eval.data[field], "must be >= 0 (0 turns it off)")
+    bucket = int(c.eval.data.get("bucket_multiple", 0))
+    if bucket < 0 or bucket % MODEL_STRIDE:
+        raise _err(
+            "eval.data.bucket_multiple",
+            bucket,
+            f"must be 0 (off) or a positive multiple of {MODEL_STRIDE}",
+        )
+    if bucket and facts.process_count > 1:
+        raise _err(
+            "eval.data.bucket_multiple",
+            bucket,
+            f"needs a single process (this run has {facts.process_count}: every host must "
+            "evaluate the same shapes); set it to 0",
+        )
     p = c.eval.protocol
     if p.mode == "slide":
         window = _multiple_of_stride("eval.protocol.window", p.window)
@@ -498,7 +516,7 @@ def to_json(config: ml_collections.ConfigDict) -> str:
 
 # Model arguments that change neither parameter shapes nor their meaning: every other `model.*`
 # field is structural (a resume with a different value is refused).
-NON_STRUCTURAL_MODEL_FIELDS = ("dtype", "dropout", "drop_path_rate", "remat")
+NON_STRUCTURAL_MODEL_FIELDS = ("dtype", "dropout", "drop_path_rate", "remat", "scan_blocks")
 # Fields whose change makes an existing checkpoint unusable (different parameter or optimizer
 # state trees) or meaningless to resume (different data/labels).
 STRUCTURAL_FIELDS = ("dataset.name", "optimizer.name")

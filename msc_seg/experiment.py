@@ -644,7 +644,8 @@ class Experiment:
         )
 
     def eval_batches(self):
-        """This host's eval batches (padded to eval.data.pad_shape), eval.max_examples applied."""
+        """This host's eval batches (padded to eval.data.pad_shape, or to their buckets with
+        eval.data.bucket_multiple), eval.max_examples applied."""
         from msc_seg.data import pipeline
 
         data = self.config.eval.data
@@ -657,6 +658,9 @@ class Experiment:
             pad_shape=tuple(data.pad_shape),
             resize_short_side=data.resize_short_side or None,
             resize_long_side=data.resize_long_side or None,
+            bucket_multiple=data.get("bucket_multiple", 0),
+            # A bucket holds at least one sliding window.
+            bucket_min=tuple(e.protocol.window) if e.protocol.mode == "slide" else (0, 0),
         )
         if e.max_examples:
             batches = itertools.islice(batches, -(-e.max_examples // e.batch_size))

@@ -57,7 +57,10 @@ def make_train_step(
             opt_state=new_opt_state,
         )
         # Keep the last good state when anything is non-finite: nothing corrupt can be saved.
-        new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
+        # One cond, not a per-leaf `where`: selects that all wait on one scalar reduced from every
+        # gradient made XLA CPU's fusion pass take > 10 min on HRNet-W48's 941 leaves (~30 s with
+        # the cond; benchmarks/train_compile.py --guard where|cond).
+        new_state = jax.lax.cond(finite, lambda: new_state, lambda: state)
         metrics = dict(metrics)
         if schedule is not None:
             metrics["learning_rate"] = jnp.asarray(schedule(state.step), jnp.float32)

@@ -352,6 +352,8 @@ def make_eval_dataset(
     process_count: int | None = None,
     num_parallel_calls: int = 2,
     prefetch: int = 2,
+    bucket_multiple: int = 0,
+    bucket_min: Sequence[int] = (0, 0),
 ) -> EvalDataset:
     """Host-local evaluation batches of `split` at fixed shape (see `EvalDataset`).
 
@@ -359,6 +361,12 @@ def make_eval_dataset(
     (`transforms.resize_for_eval`); labels keep their original size. `pad_shape` (Hp, Wp) must
     hold both, otherwise iteration raises ValueError naming the sizes and the config field
     `eval.pad_shape`.
+
+    bucket_multiple > 0 (one process only): each example is padded not to `pad_shape` but to its
+    bucket, each side of max(image, label) rounded up to a multiple of `bucket_multiple`, at least
+    `bucket_min` (a sliding window) and at most `pad_shape`; batches hold one bucket each (a
+    bucket's last batch is filled with all-ignore examples), so an eval step compiles once per
+    bucket and no image pays for the largest canvas. Batches come bucket by bucket as they fill.
     """
     pi = jax.process_index() if process_index is None else process_index
     pc = jax.process_count() if process_count is None else process_count
@@ -387,6 +395,9 @@ def make_eval_dataset(
         "sizes (it must hold the resized image and the original label)."
     )
 
+    # Bucketed: `prepare` checks the fit and leaves the padding to the bucket's map.
+    canvas = None if bucket_multiple else pad_shape
+
     @tf.autograph.experimental.do_not_convert  # plain TF ops; AutoGraph warned it could not convert
     def prepare(example):
         example = decode(example)
@@ -397,16 +408,37 @@ def make_eval_dataset(
         fits = tf.reduce_all(tf.concat([image_hw, label_hw], 0) <= tf.constant(pad_shape * 2))
         check = tf.debugging.Assert(fits, [too_big, "image", image_hw, "label", label_hw])
         with tf.control_dependencies([check] if check is not None else []):
-            image = _pad_bottom_right(image, pad_shape, 0.0)
-            label = _pad_bottom_right(label, pad_shape, IGNORE_LABEL)
+            if canvas is None:  # raw and unpadded: `_bucketed_eval_dataset` pads
+                image, label = tf.identity(image), tf.identity(label)
+            else:
+                image = tf.ensure_shape(
+                    transforms.normalize(_pad_bottom_right(image, canvas, 0.0)), [*canvas, 3]
+                )
+                label = tf.ensure_shape(
+                    _pad_bottom_right(label, canvas, IGNORE_LABEL), list(canvas)
+                )
         return {
-            "image": tf.ensure_shape(transforms.normalize(image), [*pad_shape, 3]),
-            "label": tf.ensure_shape(label, list(pad_shape)),
+            "image": image,
+            "label": label,
             "image_hw": image_hw,
             "label_hw": label_hw,
             "valid_example": tf.constant(True),
         }
 
+    if bucket_multiple:
+        if pc > 1:  # every host must step through the same shapes; their buckets differ
+            raise ValueError("eval bucketing (bucket_multiple > 0) needs a single process")
+        return _bucketed_eval_dataset(
+            ds.map(prepare, num_parallel_calls=num_parallel_calls, deterministic=True),
+            batch_size=batch_size,
+            pad_shape=pad_shape,
+            multiple=int(bucket_multiple),
+            minimum=(int(bucket_min[0]), int(bucket_min[1])),
+            num_examples=host_examples,
+            where=f"{spec.name}/{split}",
+            num_parallel_calls=num_parallel_calls,
+            prefetch=prefetch,
+        )
     ds = ds.map(prepare, num_parallel_calls=num_parallel_calls, deterministic=True)
     if fill > 0:
         filler = {
@@ -420,3 +452,82 @@ def make_eval_dataset(
     ds = ds.batch(batch_size, drop_remainder=True).prefetch(prefetch)
     ds = ds.with_options(_options(num_parallel_calls))
     return EvalDataset(ds, num_batches, host_examples, where=f"{spec.name}/{split}")
+
+
+def bucket_shape(hw, pad_shape: Sequence[int], multiple: int, minimum: Sequence[int]):
+    """int32 [2]: the bucket canvas (H, W) of an example whose image and label need `hw` (the
+    larger of both per side): rounded up to `multiple`, at least `minimum`, at most `pad_shape`."""
+    hw = tf.cast(hw, tf.int32)
+    rounded = (hw + multiple - 1) // multiple * multiple
+    return tf.minimum(tf.maximum(rounded, tf.constant(minimum, tf.int32)), pad_shape)
+
+
+class BucketedEvalDataset(EvalDataset):
+    """`EvalDataset` whose batches have one of a few canvas shapes (`make_eval_dataset` with
+    bucket_multiple): same keys, `b` rows each, all-ignore filler rows where a bucket ends.
+    The number of batches depends on the data: known (`len`) after the first full pass."""
+
+    def __init__(self, ds, batch_size, pad_pixel, num_examples, where):
+        super().__init__(ds, None, num_examples, where)
+        self._batch_size = batch_size
+        self._pad_pixel = pad_pixel  # the normalised colour of raw 0 padding, float32 [3]
+
+    def __len__(self) -> int:
+        if self.num_batches is None:
+            raise TypeError("a bucketed eval dataset knows its length after one full pass")
+        return self.num_batches
+
+    def _fill(self, batch: dict) -> dict:
+        missing = self._batch_size - len(batch["label"])
+        if missing == 0:
+            return batch
+        h, w = batch["label"].shape[1:3]
+        filler = {
+            "image": np.broadcast_to(self._pad_pixel, (missing, h, w, 3)),
+            "label": np.full((missing, h, w), IGNORE_LABEL, np.int32),
+            "image_hw": np.zeros((missing, 2), np.int32),
+            "label_hw": np.zeros((missing, 2), np.int32),
+            "valid_example": np.zeros((missing,), bool),
+        }
+        return {k: np.concatenate([v, filler[k].astype(v.dtype)]) for k, v in batch.items()}
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        count = 0
+        for batch in super().__iter__():
+            count += 1
+            yield self._fill(batch)
+        self.num_batches = count
+
+
+def _bucketed_eval_dataset(
+    ds,
+    *,
+    batch_size,
+    pad_shape,
+    multiple,
+    minimum,
+    num_examples,
+    where,
+    num_parallel_calls,
+    prefetch,
+) -> BucketedEvalDataset:
+    """Pads each prepared (unpadded) example to its `bucket_shape` and batches by bucket."""
+    pad = tf.constant(pad_shape, tf.int32)
+
+    def to_bucket(example):
+        shape = bucket_shape(tf.maximum(example["image_hw"], example["label_hw"]), pad, multiple,
+                             minimum)  # fmt: skip
+        image = _pad_bottom_right(example["image"], tf.unstack(shape), 0.0)
+        label = _pad_bottom_right(example["label"], tf.unstack(shape), IGNORE_LABEL)
+        key = tf.cast(shape[0], tf.int64) * (pad_shape[1] + 1) + tf.cast(shape[1], tf.int64)
+        return key, example | {"image": transforms.normalize(image), "label": label}
+
+    ds = ds.map(to_bucket, num_parallel_calls=num_parallel_calls, deterministic=True)
+    ds = ds.group_by_window(
+        key_func=lambda key, example: key,
+        reduce_func=lambda key, group: group.map(lambda k, example: example).batch(batch_size),
+        window_size=batch_size,
+    )
+    ds = ds.prefetch(prefetch).with_options(_options(num_parallel_calls))
+    pad_pixel = transforms.normalize(tf.zeros([3], tf.float32)).numpy()
+    return BucketedEvalDataset(ds, batch_size, pad_pixel, num_examples, where)

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from msc_seg.errors import ArgumentError
 from msc_seg.models.layers import TORCH_BN_EPS
 from msc_seg.models.resnet import make_batch_norm, make_conv
 
@@ -28,7 +29,7 @@ def aspp_dilations(output_stride: int) -> tuple[int, int, int]:
     explicitly to reproduce it at OS16.
     """
     if output_stride not in (8, 16, 32):
-        raise ValueError(f"ASPP: output_stride={output_stride!r} must be 8, 16 or 32.")
+        raise ArgumentError("output_stride", output_stride, "ASPP supports 8, 16 or 32")
     return tuple(rate * 16 // output_stride for rate in (6, 12, 18))
 
 
@@ -58,7 +59,9 @@ class ASPP(nnx.Module):
         rngs: nnx.Rngs,
     ):
         if len(dilations) != 3:
-            raise ValueError(f"ASPP needs 3 dilation rates, got {tuple(dilations)}.")
+            raise ArgumentError(
+                "aspp_dilations", tuple(dilations), "ASPP needs exactly 3 dilation rates"
+            )
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.aspp1 = make_conv(in_channels, channels, 1, **kw)
         self.aspp2 = make_conv(in_channels, channels, 3, dilation=dilations[0], **kw)

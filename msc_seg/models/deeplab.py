@@ -15,11 +15,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from msc_seg.errors import ArgumentError
 from msc_seg.models.aspp import REFERENCE_ASPP_BN_EPS, ASPPHead
 from msc_seg.models.aspp import aspp_dilations as default_aspp_dilations
 from msc_seg.models.layers import TORCH_BN_EPS, resize_bilinear
 from msc_seg.models.outputs import SegOutputs
 from msc_seg.models.projector import make_projectors, project_taps
+from msc_seg.models.repeat import call, check_remat
 from msc_seg.models.resnet import make_resnet
 
 RESNET_LAYERS = ("layer1", "layer2", "layer3", "layer4")
@@ -28,15 +30,18 @@ RESNET_LAYERS = ("layer1", "layer2", "layer3", "layer4")
 def _check_taps(taps: Sequence[str]) -> tuple[int, ...]:
     """Layer names -> indices, finest first; raises on unknown or unordered names."""
     if not taps or any(t not in RESNET_LAYERS for t in taps):
-        raise ValueError(
-            f"DeepLabV3Segmentor: taps={tuple(taps)!r} must be non-empty names from "
-            f"{RESNET_LAYERS} (set model.taps)."
+        raise ArgumentError(
+            "taps",
+            tuple(taps),
+            f"DeepLabV3Segmentor's taps must be non-empty names from {RESNET_LAYERS}",
         )
     index = tuple(RESNET_LAYERS.index(t) for t in taps)
     if list(index) != sorted(set(index)):
-        raise ValueError(
-            f"DeepLabV3Segmentor: taps={tuple(taps)!r} must be distinct and ordered finest "
-            "first, e.g. ('layer1', 'layer3', 'layer4') (set model.taps)."
+        raise ArgumentError(
+            "taps",
+            tuple(taps),
+            "DeepLabV3Segmentor's taps must be distinct and ordered finest first, e.g. "
+            "('layer1', 'layer3', 'layer4')",
         )
     return index
 
@@ -49,6 +54,11 @@ class DeepLabV3Segmentor(nnx.Module):
       aux_logits None;
       embeddings: () unless ``return_embeddings``, else one float32 [B,h_s,w_s,D] per tap
       (layer1 at stride 4, layer3/layer4 at the output stride; finest first).
+
+    ``remat``: "none" | "blocks" | "stages": recompute each ResNet bottleneck or each layer in
+    the backward pass, and the ASPP head in either case (``msc_seg.models.repeat``).
+    ``scan_blocks``: run each layer's identical bottlenecks as one ``lax.scan`` (smaller
+    program, faster compile; same parameters and numbers); False unrolls them.
 
     Submodules: ``backbone`` (ResNet), ``decode_head`` (ASPPHead), ``projectors``.
     """
@@ -66,15 +76,20 @@ class DeepLabV3Segmentor(nnx.Module):
         align_corners: bool = True,
         embedding_dim: int = 256,
         use_projectors: bool = True,
+        remat: str = "none",
+        scan_blocks: bool = True,
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.remat = check_remat(remat)
         self.tap_index = _check_taps(taps)
         self.dtype = dtype
         self.align_corners = align_corners
-        self.backbone = make_resnet(backbone, output_stride=output_stride, **kw)
+        self.backbone = make_resnet(
+            backbone, output_stride=output_stride, remat=remat, scan=scan_blocks, **kw
+        )
         channels = self.backbone.out_channels
         dilations = (
             tuple(aspp_dilations)
@@ -98,7 +113,12 @@ class DeepLabV3Segmentor(nnx.Module):
     ) -> SegOutputs:
         size = images.shape[1:3]
         feats = self.backbone(images.astype(self.dtype), train=train)
-        logits = self.decode_head(feats[-1], train=train)
+        logits = call(
+            lambda head, x: head(x, train=train),
+            self.decode_head,
+            feats[-1],
+            remat=self.remat != "none",
+        )
         logits = resize_bilinear(logits.astype(jnp.float32), size, align_corners=self.align_corners)
         embeddings = project_taps(
             self.projectors, [feats[i] for i in self.tap_index], train, return_embeddings

@@ -17,7 +17,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from msc_seg.errors import ArgumentError
 from msc_seg.models.layers import resize_bilinear
+from msc_seg.models.repeat import call, check_remat, run_chain
 from msc_seg.models.resnet import (
     BasicBlock,
     Bottleneck,
@@ -83,11 +85,13 @@ class HighResolutionModule(nnx.Module):
         channels: Sequence[int],
         blocks: int,
         *,
+        scan: bool = True,
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.scan = scan
         n = len(channels)
         self.branches = nnx.List(
             [IndexedSequential([BasicBlock(c, c, **kw) for _ in range(blocks)]) for c in channels]
@@ -111,7 +115,10 @@ class HighResolutionModule(nnx.Module):
         self.fuse_layers = nnx.List(fuse_layers) if n > 1 else None
 
     def __call__(self, xs: Sequence[jax.Array], *, train: bool = False) -> list[jax.Array]:
-        xs = [branch(x, train=train) for branch, x in zip(self.branches, xs, strict=True)]
+        xs = [
+            run_chain(branch, x, lambda block, y: block(y, train=train), scan=self.scan)
+            for branch, x in zip(self.branches, xs, strict=True)
+        ]
         if self.fuse_layers is None:
             return xs
         fused = []
@@ -158,17 +165,27 @@ class HRNet(nnx.Module):
 
     Output channels ``self.out_channels`` = [C, 2C, 4C, 8C] (W48: 48, 96, 192, 384) at strides
     ``self.strides`` = (4, 8, 16, 32).
+
+    scan: run identical repeats (a stage's modules, a branch's BasicBlocks, layer1's
+    bottlenecks after the first) as one ``lax.scan`` each (``repeat.run_chain``: one compiled
+    copy; same parameters and numbers). False unrolls.
+    remat: "none", "blocks" (recompute each HighResolutionModule and layer1 bottleneck in the
+    backward) or "stages" (layer1 and each transition + stage), see ``msc_seg.models.repeat``.
     """
 
     def __init__(
         self,
         arch: HRNetConfig,
         *,
+        scan: bool = True,
+        remat: str = "none",
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.scan = scan
+        self.remat = check_remat(remat)
         stem = arch.stem_channels
         self.conv1 = make_conv(3, stem, 3, stride=2, **kw)
         self.bn1 = make_batch_norm(stem, **kw)
@@ -188,7 +205,10 @@ class HRNet(nnx.Module):
                 self,
                 f"stage{stage}",
                 IndexedSequential(
-                    [HighResolutionModule(cur, arch.blocks, **kw) for _ in range(num_modules)]
+                    [
+                        HighResolutionModule(cur, arch.blocks, scan=scan, **kw)
+                        for _ in range(num_modules)
+                    ]
                 ),
             )
             prev = cur
@@ -199,31 +219,52 @@ class HRNet(nnx.Module):
         ura = not train
         x = jax.nn.relu(self.bn1(self.conv1(x), use_running_average=ura))
         x = jax.nn.relu(self.bn2(self.conv2(x), use_running_average=ura))
-        xs = [self.layer1(x, train=train)]
-        stages = (
-            (self.transition1, self.stage2),
-            (self.transition2, self.stage3),
-            (self.transition3, self.stage4),
-        )
-        for transition, stage in stages:
+        blocks, stages = self.remat == "blocks", self.remat == "stages"
+
+        def apply(module, y):
+            return module(y, train=train)
+
+        def run_layer1(layer, y):
+            return run_chain(layer, y, apply, scan=self.scan, remat=blocks)
+
+        def run_stage(transition, stage, xs):
             inputs = []
             for i, t in enumerate(transition):
                 # New branches grow from the coarsest existing one.
                 src = xs[min(i, len(xs) - 1)]
                 inputs.append(src if t is None else t(src, train=train))
-            xs = stage(inputs, train=train)
+            return run_chain(stage, inputs, apply, scan=self.scan, remat=blocks)
+
+        xs = [call(run_layer1, self.layer1, x, remat=stages)]
+        for transition, stage in (
+            (self.transition1, self.stage2),
+            (self.transition2, self.stage3),
+            (self.transition3, self.stage4),
+        ):
+            xs = call(run_stage, transition, stage, xs, remat=stages)
         return tuple(xs)
 
 
 def make_hrnet(
     name: str,
     *,
+    scan: bool = True,
+    remat: str = "none",
     dtype=jnp.float32,
     param_dtype=jnp.float32,
     rngs: nnx.Rngs,
 ) -> HRNet:
     """Builds ``hrnet_w48``, ``hrnet_w18`` or ``hrnet_tiny_test`` (C=8, one module per stage,
-    one block per branch: for tests only)."""
+    one block per branch: for tests only). scan, remat: see :class:`HRNet`."""
     if name not in HRNET_CONFIGS:
-        raise ValueError(f"Unknown HRNet backbone {name!r}: choose one of {sorted(HRNET_CONFIGS)}.")
-    return HRNet(HRNET_CONFIGS[name], dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        raise ArgumentError(
+            "backbone", name, f"unknown HRNet backbone: choose one of {sorted(HRNET_CONFIGS)}"
+        )
+    return HRNet(
+        HRNET_CONFIGS[name],
+        scan=scan,
+        remat=remat,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        rngs=rngs,
+    )

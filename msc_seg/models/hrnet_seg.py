@@ -8,19 +8,22 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from msc_seg.errors import ArgumentError
 from msc_seg.models.hrnet import make_hrnet
 from msc_seg.models.hrnet_head import HRNetHead, concat_branches
 from msc_seg.models.layers import resize_bilinear
 from msc_seg.models.ocr_head import OCRHead, SoftRegionHead
 from msc_seg.models.outputs import SegOutputs
 from msc_seg.models.projector import make_projectors, project_taps
+from msc_seg.models.repeat import call, check_remat
 
 
 def _check_scales(num_scales: int, name: str) -> None:
     if num_scales not in (1, 2, 3, 4):
-        raise ValueError(
-            f"{name}: num_scales={num_scales!r} must be 1..4 (the reference allows 2, 3 or 4; "
-            "set model.num_scales)."
+        raise ArgumentError(
+            "num_scales",
+            num_scales,
+            f"{name} taps 1..4 scales (the reference allows 2, 3 or 4)",
         )
 
 
@@ -37,6 +40,12 @@ class HRNetSegmentor(nnx.Module):
     the logits upsampling; the backbone's fuse layers always use False, as in the reference.
     ``reference_head``: the reference's 3x3-BN-1x1 head without ReLU instead of the official
     1x1-BN-ReLU-1x1 (see :mod:`msc_seg.models.hrnet_head`).
+    ``remat``: "none" | "blocks" | "stages": recompute each HighResolutionModule or each stage
+    in the backward pass, and the branch concatenation + head in either case
+    (``msc_seg.models.repeat``).
+    ``scan_blocks``: run identical repeats (a stage's modules, a branch's blocks) as one
+    ``lax.scan`` each (smaller program, faster compile; same parameters and numbers); False
+    unrolls them.
 
     Submodules: ``backbone``, ``decode_head``, ``projectors``.
     """
@@ -51,16 +60,19 @@ class HRNetSegmentor(nnx.Module):
         align_corners: bool = True,
         embedding_dim: int = 256,
         use_projectors: bool = True,
+        remat: str = "none",
+        scan_blocks: bool = True,
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
         _check_scales(num_scales, "HRNetSegmentor")
+        self.remat = check_remat(remat)
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.dtype = dtype
         self.align_corners = align_corners
         self.num_scales = num_scales
-        self.backbone = make_hrnet(backbone, **kw)
+        self.backbone = make_hrnet(backbone, remat=remat, scan=scan_blocks, **kw)
         channels = self.backbone.out_channels
         self.decode_head = HRNetHead(
             sum(channels), num_classes, reference_head=reference_head, **kw
@@ -74,8 +86,12 @@ class HRNetSegmentor(nnx.Module):
     ) -> SegOutputs:
         size = images.shape[1:3]
         feats = self.backbone(images.astype(self.dtype), train=train)
-        x = concat_branches(feats, align_corners=self.align_corners)
-        logits = self.decode_head(x, train=train)
+
+        def head(decode_head, feats):
+            x = concat_branches(feats, align_corners=self.align_corners)
+            return decode_head(x, train=train)
+
+        logits = call(head, self.decode_head, feats, remat=self.remat != "none")
         logits = resize_bilinear(logits.astype(jnp.float32), size, align_corners=self.align_corners)
         embeddings = project_taps(
             self.projectors, feats[: self.num_scales], train, return_embeddings
@@ -93,7 +109,8 @@ class OCRNetSegmentor(nnx.Module):
 
     ``official_aux_head``: the official HRNet-OCR 1x1 aux head instead of the reference's
     3x3(720->512) one (see :mod:`msc_seg.models.ocr_head`). ``dropout``: the reference's
-    Dropout2d rate in both heads (0.0 in its configs).
+    Dropout2d rate in both heads (0.0 in its configs). ``remat``: as :class:`HRNetSegmentor`
+    (both heads are recomputed with the concatenation); ``scan_blocks`` as there too.
 
     Submodules: ``backbone``, ``decode_head`` (OCRHead), ``auxiliary_head`` (SoftRegionHead),
     ``projectors``.
@@ -112,16 +129,19 @@ class OCRNetSegmentor(nnx.Module):
         align_corners: bool = True,
         embedding_dim: int = 256,
         use_projectors: bool = True,
+        remat: str = "none",
+        scan_blocks: bool = True,
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
         _check_scales(num_scales, "OCRNetSegmentor")
+        self.remat = check_remat(remat)
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.dtype = dtype
         self.align_corners = align_corners
         self.num_scales = num_scales
-        self.backbone = make_hrnet(backbone, **kw)
+        self.backbone = make_hrnet(backbone, remat=remat, scan=scan_blocks, **kw)
         channels = self.backbone.out_channels
         self.decode_head = OCRHead(
             sum(channels),
@@ -148,9 +168,15 @@ class OCRNetSegmentor(nnx.Module):
     ) -> SegOutputs:
         size = images.shape[1:3]
         feats = self.backbone(images.astype(self.dtype), train=train)
-        x = concat_branches(feats, align_corners=self.align_corners)
-        region_logits = self.auxiliary_head(x, train=train)
-        logits = self.decode_head(x, region_logits, train=train)
+
+        def heads(decode_head, auxiliary_head, feats):
+            x = concat_branches(feats, align_corners=self.align_corners)
+            region_logits = auxiliary_head(x, train=train)
+            return decode_head(x, region_logits, train=train), region_logits
+
+        logits, region_logits = call(
+            heads, self.decode_head, self.auxiliary_head, feats, remat=self.remat != "none"
+        )
         logits, region_logits = (
             resize_bilinear(t.astype(jnp.float32), size, align_corners=self.align_corners)
             for t in (logits, region_logits)

@@ -14,7 +14,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from msc_seg.errors import ArgumentError
 from msc_seg.models.layers import TORCH_BN_EPS, kaiming_normal_fan_out
+from msc_seg.models.repeat import call, check_remat, run_chain
 
 
 class IndexedSequential(nnx.List):
@@ -207,9 +209,8 @@ def layer_dilations(output_stride: int) -> tuple[tuple[int, int], ...]:
     ``replace_stride_with_dilation`` sets them (8: layer3+4 dilated, 16: layer4, 32: none).
     """
     if output_stride not in (8, 16, 32):
-        raise ValueError(
-            f"ResNet output_stride={output_stride!r} is not supported: use 8, 16 or 32 "
-            "(model.output_stride in the config)."
+        raise ArgumentError(
+            "output_stride", output_stride, "ResNet supports output strides 8, 16 or 32"
         )
     dilate = {8: (False, True, True), 16: (False, False, True), 32: (False, False, False)}
     plan, dilation = [(1, 1)], 1
@@ -234,6 +235,10 @@ class ResNet(nnx.Module):
         torchvision, the first block of a dilated layer keeps the previous layer's dilation.
       stem_channels: channels of conv1 (64).
       planes: bottleneck widths of layer1..4 (64, 128, 256, 512); outputs are 4x these.
+      scan: run each layer's identical bottlenecks (all but the first) as one `lax.scan`
+        (`repeat.run_chain`: one compiled copy; same parameters and numbers). False unrolls.
+      remat: "none", "blocks" (recompute each bottleneck in the backward) or "stages" (each
+        layer), see `msc_seg.models.repeat`.
     """
 
     def __init__(
@@ -243,10 +248,14 @@ class ResNet(nnx.Module):
         output_stride: int = 8,
         stem_channels: int = 64,
         planes: Sequence[int] = (64, 128, 256, 512),
+        scan: bool = True,
+        remat: str = "none",
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
+        self.scan = scan
+        self.remat = check_remat(remat)
         if len(block_counts) != 4 or len(planes) != 4:
             raise ValueError(
                 f"ResNet needs 4 block counts and 4 plane widths, got {block_counts} and {planes}."
@@ -278,7 +287,18 @@ class ResNet(nnx.Module):
         x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         feats = []
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
-            x = layer(x, train=train)
+            x = call(
+                lambda layer, x: run_chain(
+                    layer,
+                    x,
+                    lambda block, y: block(y, train=train),
+                    scan=self.scan,
+                    remat=self.remat == "blocks",
+                ),
+                layer,
+                x,
+                remat=self.remat == "stages",
+            )
             feats.append(x)
         return tuple(feats)
 
@@ -294,15 +314,19 @@ def make_resnet(
     name: str,
     *,
     output_stride: int = 8,
+    scan: bool = True,
+    remat: str = "none",
     dtype=jnp.float32,
     param_dtype=jnp.float32,
     rngs: nnx.Rngs,
 ) -> ResNet:
     """Builds ``resnet50``, ``resnet101`` or ``resnet_tiny_test`` (8-channel stem, planes
-    8/16/32/64, blocks 1/2/1/1: for tests only)."""
+    8/16/32/64, blocks 1/2/1/1: for tests only). scan, remat: see :class:`ResNet`."""
     if name not in RESNET_BLOCK_COUNTS:
-        raise ValueError(
-            f"Unknown ResNet backbone {name!r}: choose one of {sorted(RESNET_BLOCK_COUNTS)}."
+        raise ArgumentError(
+            "backbone",
+            name,
+            f"unknown ResNet backbone: choose one of {sorted(RESNET_BLOCK_COUNTS)}",
         )
     tiny = name == "resnet_tiny_test"
     return ResNet(
@@ -310,6 +334,8 @@ def make_resnet(
         output_stride=output_stride,
         stem_channels=8 if tiny else 64,
         planes=(8, 16, 32, 64) if tiny else (64, 128, 256, 512),
+        scan=scan,
+        remat=remat,
         dtype=dtype,
         param_dtype=param_dtype,
         rngs=rngs,

@@ -19,20 +19,36 @@ from msc_seg.models.fcn_head import FCNHead
 from msc_seg.models.layers import resize_bilinear
 from msc_seg.models.outputs import SegOutputs
 from msc_seg.models.projector import make_projectors, project_taps
+from msc_seg.models.repeat import call, check_remat
 from msc_seg.models.swin import make_swin
 from msc_seg.models.uper_head import UPerHead
 
 PROJECTOR_POSITIONS = ("fpn", "backbone")
 
 
-def make_uper_backbone(name: str, *, drop_path_rate: float, window_size: int | None, **kw):
+def make_uper_backbone(
+    name: str,
+    *,
+    drop_path_rate: float,
+    window_size: int | None,
+    remat: str = "none",
+    scan_blocks: bool = True,
+    **kw,
+):
     """A 4-stage backbone at strides 4-32 for UPerNet: Swin (`swin_*`) or ResNet (`resnet*`,
     output stride 32, the classic mmseg UPerNet-R50/R101)."""
     if name.startswith("resnet"):
         from msc_seg.models.resnet import make_resnet
 
-        return make_resnet(name, output_stride=32, **kw)
-    return make_swin(name, drop_path_rate=drop_path_rate, window_size=window_size, **kw)
+        return make_resnet(name, output_stride=32, remat=remat, scan=scan_blocks, **kw)
+    return make_swin(
+        name,
+        drop_path_rate=drop_path_rate,
+        window_size=window_size,
+        remat=remat,
+        scan=scan_blocks,
+        **kw,
+    )
 
 
 class UPerNetSegmentor(nnx.Module):
@@ -52,6 +68,12 @@ class UPerNetSegmentor(nnx.Module):
       `aux_in_index=3, aux_conv_bias=True` (Swin-T, K=150, with projectors: 62,404,838
       parameters against mmseg's 61,519,846: the 3x3 conv reads 768 instead of 384 channels,
       +884,736, and has 256 biases).
+    remat: "none" | "blocks" | "stages": recompute each backbone block (Swin block / ResNet
+      bottleneck) or each stage in the backward pass, and the decode head in either case; same
+      outputs and gradients, less activation memory, about one more forward of compute
+      (`msc_seg.models.repeat`).
+    scan_blocks: run repeated identical backbone blocks as one `lax.scan` (smaller program,
+      faster compile; same parameters and numbers). False unrolls them.
     dtype: compute dtype (bfloat16 allowed); parameters stay in param_dtype.
     """
 
@@ -73,10 +95,13 @@ class UPerNetSegmentor(nnx.Module):
         embedding_dim: int = 256,
         use_aux: bool = True,
         use_projectors: bool = True,
+        remat: str = "none",
+        scan_blocks: bool = True,
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
+        self.remat = check_remat(remat)
         if projector_position not in PROJECTOR_POSITIONS:
             raise ArgumentError(
                 "projector_position",
@@ -89,7 +114,12 @@ class UPerNetSegmentor(nnx.Module):
         self.projector_position = projector_position
         self.aux_in_index = aux_in_index
         self.backbone = make_uper_backbone(
-            backbone, drop_path_rate=drop_path_rate, window_size=window_size, **kw
+            backbone,
+            drop_path_rate=drop_path_rate,
+            window_size=window_size,
+            remat=remat,
+            scan_blocks=scan_blocks,
+            **kw,
         )
         stage_channels = self.backbone.out_channels
         n = len(stage_channels)
@@ -135,7 +165,12 @@ class UPerNetSegmentor(nnx.Module):
     ) -> SegOutputs:
         size = images.shape[1:3]
         feats = self.backbone(images.astype(self.dtype), train=train)
-        logits, fpn_outs = self.decode_head(feats, train=train)
+        logits, fpn_outs = call(
+            lambda head, feats: head(feats, train=train),
+            self.decode_head,
+            feats,
+            remat=self.remat != "none",
+        )
         aux = None
         if self.auxiliary_head is not None:
             aux = self._upsample(self.auxiliary_head(feats[self.aux_in_index], train=train), size)
@@ -172,9 +207,7 @@ def resolve_segmentor(name: str) -> Callable[..., nnx.Module]:
 def make_segmentor(name: str, *, num_classes: int, rngs: nnx.Rngs, **kwargs) -> nnx.Module:
     """Build the segmentor registered as `name` (e.g. "upernet"); kwargs go to its constructor."""
     if name not in SEGMENTORS:
-        raise ValueError(
-            f"unknown segmentor {name!r}; known: {sorted(SEGMENTORS)} (set model.name)"
-        )
+        raise ArgumentError("name", name, f"unknown segmentor: choose one of {sorted(SEGMENTORS)}")
     return resolve_segmentor(name)(num_classes=num_classes, rngs=rngs, **kwargs)
 
 
