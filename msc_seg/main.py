@@ -139,6 +139,9 @@ def main(argv) -> None:
     ) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except checkpointing.CheckpointSaveError as e:  # a fault, not a usage error: exit 1
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     except Exception as e:  # data-preparation errors carry instructions: show them plainly
         if isinstance(e, builders.DatasetNotPreparedError):
             print(f"error: {e}", file=sys.stderr)
