@@ -418,6 +418,13 @@ def resolve_checkpoint(workdir: str | None, checkpoint: str) -> pathlib.Path:
     return item
 
 
+def latest_saved_step(workdir: str | pathlib.Path) -> int | None:
+    """The highest committed step under WORKDIR/checkpoints, read from the folder names only
+    (safe from any thread; no orbax call)."""
+    step_dir = _latest_step_dir(pathlib.Path(workdir) / "checkpoints")
+    return int(step_dir.name) if step_dir is not None else None
+
+
 def workdir_of(item_dir: pathlib.Path) -> pathlib.Path:
     """WORKDIR of an item folder WORKDIR/{checkpoints,best}/STEP[/default]."""
     step_dir = item_dir.parent if item_dir.name == "default" else item_dir

@@ -444,6 +444,20 @@ class Experiment:
             self.reporter.close()
 
 
+def _prepare_dataset_once(spec, data_dir: str) -> None:
+    """Builds the dataset if needed; with several processes process 0 builds it while the
+    others wait (two processes building one tfds folder at once would clash)."""
+    from msc_seg.data import builders
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        if jax.process_index() == 0:
+            builders.prepare_dataset(spec, data_dir)
+        multihost_utils.sync_global_devices("msc_seg: dataset prepared")
+    builders.prepare_dataset(spec, data_dir)
+
+
 def build(config: ml_collections.ConfigDict, workdir, *, mode: str) -> Experiment:
     """The run of `config` in `workdir` for mode "train", "eval" or "predict".
 
@@ -470,9 +484,7 @@ def build(config: ml_collections.ConfigDict, workdir, *, mode: str) -> Experimen
             checkpointing.check_workdir_config(workdir, current, what="--config")
     data_dir = resolve_data_dir(config)
     if mode != "predict":
-        from msc_seg.data import builders
-
-        builders.prepare_dataset(spec, data_dir)
+        _prepare_dataset_once(spec, data_dir)
     eval_step = make_eval_step(config, parts.model_def, spec.num_classes)
     checkpointer = (
         checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)
