@@ -89,6 +89,11 @@ def _start_distributed() -> None:
             num_processes=FLAGS.num_processes,
             process_id=FLAGS.process_id,
         )
+        if launch is not None and FLAGS.mode == "predict":
+            raise distributed.LaunchError(
+                "--mode=predict runs on one process (one host segments the folder); start it "
+                "without --distributed / --coordinator_address / JAX_* variables"
+            )
         if launch is not None:
             distributed.initialize(
                 launch, peer_timeout_s=FLAGS.peer_timeout, connect_timeout_s=FLAGS.connect_timeout
