@@ -77,3 +77,15 @@ def test_jax_detection_failure_becomes_a_one_line_launch_error(monkeypatch):
     monkeypatch.setattr(jax.distributed, "initialize", no_scheduler)
     with pytest.raises(LaunchError, match=r"--num_processes \(JAX_NUM_PROCESSES\)"):
         distributed.initialize(Launch(auto=True), peer_timeout_s=10, connect_timeout_s=10)
+
+
+def test_dead_peer_message_names_the_process_and_the_resume_step():
+    distributed.on_peer_lost(lambda: 6)
+    try:
+        message = distributed.peer_lost_message("task:1 sent no heartbeat for 10 s")
+    finally:
+        distributed.on_peer_lost(lambda: None)
+    assert "\n" not in message
+    assert message.startswith("error: process 1 of the pod stopped responding, so process 0 stops")
+    assert "a rerun of the same command resumes from step 6" in message
+    assert "starts over" in distributed.peer_lost_message("socket closed")
