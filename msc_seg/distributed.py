@@ -129,6 +129,32 @@ def missing_from_jax_error(error: ValueError) -> str | None:
 PEER_TIMEOUT_S = 100  # default; main.py's --peer_timeout
 
 
+def _start_backend_in_step() -> None:
+    """Creates the backend and the all-device collective context now, while the processes are
+    in step (they just met in `initialize`).
+
+    Both are created lazily at first use and wait for the other processes with short fixed
+    timeouts (CPU: 2 min for the device topology, 30 s per gloo rendezvous key); a process that
+    first builds a dataset or compiles for minutes while the others already run a collective
+    failed there (`GetKeyValue() timed out`). Once created, later collectives wait as long as
+    needed (measured: 200 s of skew on localhost).
+    """
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices("msc_seg: backend and collectives ready")
+
+
+def barrier(name: str, timeout_s: float = 3600.0) -> None:
+    """Waits until every process reached `name` (the coordination service's barrier: no device
+    collective, its own timeout); no-op on one process."""
+    import jax
+    from jax._src import distributed as jax_distributed
+
+    client = jax_distributed.global_state.client
+    if jax.process_count() > 1 and client is not None:
+        client.wait_at_barrier(f"msc_seg:{name}", int(timeout_s * 1000))
+
+
 def initialize(launch: Launch, *, peer_timeout_s: int, connect_timeout_s: int) -> None:
     """Calls `jax.distributed.initialize` for `launch` (CPU collectives over gloo).
 
@@ -150,6 +176,7 @@ def initialize(launch: Launch, *, peer_timeout_s: int, connect_timeout_s: int) -
             initialization_timeout=int(connect_timeout_s),
             heartbeat_timeout_seconds=jax_heartbeat_timeout(peer_timeout_s),
         )
+        _start_backend_in_step()
     except ValueError as e:
         field = missing_from_jax_error(e)
         if field is None:

@@ -450,11 +450,11 @@ def _prepare_dataset_once(spec, data_dir: str) -> None:
     from msc_seg.data import builders
 
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
+        from msc_seg import distributed
 
         if jax.process_index() == 0:
             builders.prepare_dataset(spec, data_dir)
-        multihost_utils.sync_global_devices("msc_seg: dataset prepared")
+        distributed.barrier(f"dataset {spec.name} prepared")
     builders.prepare_dataset(spec, data_dir)
 
 
