@@ -174,9 +174,15 @@ def test_pod_of_two_processes_trains_evaluates_stops_resumes_and_reports_a_dead_
     assert len(list(pod_dir.glob("events.out.tfevents.*"))) == 1
     pod_losses = _losses(pod_dir)
 
-    # 2. a fresh 1 x 8 run sees the same global batches: equal losses.
-    single = Pod(tmp_path, "single", 1, _flags(single_dir, data_dir, cache, steps=3, nproc=1))
-    assert single.wait(timeout=900) == [0], single.log(0)[-3000:]
+    # 2. a fresh 1 x 8 run (same total_steps, so the same learning-rate schedule) sees the same
+    # global batches: equal losses.
+    single = Pod(tmp_path, "single", 1, _flags(single_dir, data_dir, cache, steps=200, nproc=1))
+    try:
+        single.wait_for(0, "step 3/200", timeout=900)
+        single.procs[0].send_signal(signal.SIGTERM)
+        assert single.wait(timeout=300) == [0], single.log(0)[-3000:]
+    finally:
+        single.kill()
     single_losses = _losses(single_dir)
     for step in (1, 2, 3):
         np.testing.assert_allclose(single_losses[step], pod_losses[step], rtol=2e-4)
