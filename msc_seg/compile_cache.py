@@ -58,8 +58,9 @@ def enable(
     global _listening, _cache_dir
     if jax.process_count() > 1:
         reporting.log_and_print(
-            "note: persistent compilation cache off for multi-process runs (restarts that share "
-            "one were seen to hang at start-up); every process compiles"
+            "note: persistent compilation cache off for multi-process runs (restarts that shared "
+            "one were seen to hang at start-up, in gloo's key-value rendezvous); every process "
+            "compiles"
         )
         return None
     folder = pathlib.Path(cache_dir).expanduser() if cache_dir else default_dir()
