@@ -159,6 +159,8 @@ def quiet_xla_alarms() -> None:
     except OSError:
         return
     _filtering = True
+    global _original_stderr
+    _original_stderr = original
 
     def pump():
         filt = _AlarmFilter(lambda data: os.write(original, data))
@@ -179,6 +181,14 @@ def quiet_xla_alarms() -> None:
 
 
 _filtering = False
+_original_stderr: int | None = None
+
+
+def write_stderr_now(text: str) -> None:
+    """Writes `text` to the real stderr at once, past the alarm filter's pipe: for a last line
+    before `os._exit`, which would kill the filter thread before it forwards anything."""
+    sys.stderr.flush()
+    os.write(_original_stderr if _original_stderr is not None else 2, text.encode())
 
 
 class _AlarmFilter:

@@ -227,9 +227,10 @@ def peer_lost_message(detail: str) -> str:
 def report_peer_lost(detail: str) -> None:
     """Prints the one-line report on stderr and ends this process at once (exit code 1): the
     collectives of a pod with a dead member can never complete."""
-    sys.stderr.write(peer_lost_message(detail) + "\n")
-    sys.stderr.flush()
+    from msc_seg import compile_cache
+
     sys.stdout.flush()
+    compile_cache.write_stderr_now(peer_lost_message(detail) + "\n")
     os._exit(PEER_LOST_EXIT_CODE)
 
 
