@@ -224,6 +224,20 @@ def peer_lost_message(detail: str) -> str:
     )
 
 
+def collective_failed(detail: str) -> None:
+    """A collective failed (e.g. gloo: "Connection closed by peer"), which names no process: the
+    running PeerWatch names the dead one within its timeout (and ends this process); if it does
+    not, the report goes out with `detail`."""
+    import time
+
+    if _active_watch is not None:
+        time.sleep(_active_watch.timeout_s + 3 * _active_watch.interval_s)
+    report_peer_lost(detail)
+
+
+_active_watch = None  # the PeerWatch of this process, while it runs
+
+
 def report_peer_lost(detail: str) -> None:
     """Prints the one-line report on stderr and ends this process at once (exit code 1): the
     collectives of a pod with a dead member can never complete."""
@@ -259,11 +273,15 @@ class PeerWatch:
         self._thread = threading.Thread(target=self._run, name="msc-seg-peer-watch", daemon=True)
 
     def __enter__(self):
+        global _active_watch
         if self.client is not None and self.n > 1:
             self._thread.start()
+            _active_watch = self
         return self
 
     def __exit__(self, *exc):
+        global _active_watch
+        _active_watch = None
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)

@@ -88,7 +88,7 @@ def _peer_failures_reported():
     except Exception as e:
         text = str(e)
         if jax.process_count() > 1 and any(m in text.lower() for m in _PEER_FAILURE_MARKS):
-            distributed.report_peer_lost(text.strip().splitlines()[0] if text.strip() else "")
+            distributed.collective_failed(text.strip().splitlines()[0] if text.strip() else "")
         raise
 
 
