@@ -6,19 +6,29 @@ are asynchronous; restores go into the abstract state of the *current* run, so a
 is the run's resolved config: a run whose structural settings differ is refused (train, eval and
 predict all use `check_workdir_config`). `resolve_checkpoint` finds the folder that
 `--checkpoint=latest|best|STEP|PATH` names without creating orbax managers.
+
+A checkpoint cannot block a run: restoring the latest step tries the newest first and, when it
+cannot be read (truncated or missing data file, damaged `_METADATA` / `_CHECKPOINT_METADATA`),
+falls back to the previous intact step, moving each unreadable newer step aside as
+`STEP.corrupt-<time>` (never deleted) with one log line. A save that fails (disk full, permission)
+raises `CheckpointSaveError` naming the folder and the free space; older steps stay as they were.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
+import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import jax
 import orbax.checkpoint as ocp
 
-from msc_seg import config_lib
+from msc_seg import config_lib, reporting
+
+_log = reporting.log_and_print
 
 
 class CheckpointError(FileNotFoundError):
@@ -27,6 +37,110 @@ class CheckpointError(FileNotFoundError):
 
 class WorkdirMismatchError(RuntimeError):
     """The workdir holds checkpoints of a different (structurally incompatible) config."""
+
+
+class CheckpointSaveError(RuntimeError):
+    """A save failed (disk full, permission); the message names the folder and the free space."""
+
+
+def _short(error: BaseException, limit: int = 240) -> str:
+    """`Type: message` on one line, cut to `limit` characters: tensorstore errors carry
+    kilobytes of spec, so their middle goes and their code (DATA_LOSS...) and end stay."""
+    text = " ".join(str(error).split()).split(" [tensorstore_spec")[0]
+    text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    if len(text) <= limit:
+        return text
+    head = text[:40]
+    return head + " ... " + text[-(limit - len(head) - 5) :]
+
+
+def _free_space(folder: pathlib.Path) -> str:
+    """'12.3 GiB free' (or MiB) on the disk of `folder` (or its nearest existing parent)."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return "free space unknown"
+    if free >= 2**30:
+        return f"{free / 2**30:.1f} GiB free"
+    return f"{free / 2**20:.1f} MiB free"
+
+
+def validate_step_dir(step_dir: pathlib.Path) -> None:
+    """ValueError when a step folder's metadata files (STEP/_CHECKPOINT_METADATA, the item's
+    _METADATA) are not valid JSON; orbax itself reads past a damaged _CHECKPOINT_METADATA."""
+    item = _item_dir(step_dir)
+    for path in (step_dir / "_CHECKPOINT_METADATA", item / "_METADATA"):
+        if path.exists():
+            try:
+                json.loads(path.read_text())
+            except (ValueError, UnicodeDecodeError) as e:
+                raise ValueError(f"{path.name} is not valid JSON ({e})") from None
+        elif path.name == "_METADATA":
+            raise FileNotFoundError(f"{path} is missing")
+
+
+def _is_main_process() -> bool:
+    return jax.process_index() == 0
+
+
+def _all_processes_ok(ok: bool) -> bool:
+    """Whether `ok` holds on every process (one tiny all-gather; no-op on one process), so that
+    every host takes the same fallback decision."""
+    if jax.process_count() == 1:
+        return ok
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return bool(np.all(multihost_utils.process_allgather(np.asarray(ok, np.int32))))
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def move_aside(step_dir: pathlib.Path) -> pathlib.Path:
+    """Renames an unreadable step folder to STEP.corrupt-<time> (process 0; nothing deleted)."""
+    target = step_dir.with_name(f"{step_dir.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+    if _is_main_process():
+        step_dir.rename(target)
+    _sync(f"move_aside_{step_dir.name}")
+    return target
+
+
+def restore_newest_intact(
+    step_dirs: list[pathlib.Path], restore: Callable[[pathlib.Path], object], log: Callable
+):
+    """(state, step folder) of the newest of `step_dirs` (newest first) that restores.
+
+    Each newer folder that failed is moved aside with one `log` line once an older one restored;
+    when none restores, nothing is moved and CheckpointError names every step's error (so a
+    checkpoint that does not fit the config is never taken for a corrupt one).
+    """
+    failed: list[tuple[pathlib.Path, BaseException]] = []
+    for step_dir in step_dirs:
+        try:
+            validate_step_dir(step_dir)
+            state, error = restore(step_dir), None
+        except Exception as e:  # noqa: BLE001 - any read/validation error: try the previous step
+            state, error = None, e
+        if not _all_processes_ok(error is None):
+            failed.append((step_dir, error or RuntimeError("unreadable on another process")))
+            continue
+        for bad, bad_error in failed:
+            moved = move_aside(bad)
+            log(
+                f"checkpoint step {bad.name} cannot be restored ({_short(bad_error)}); moved to "
+                f"{moved.name}, resuming from step {step_dir.name}"
+            )
+        return state, step_dir
+    errors = "; ".join(f"step {d.name}: {_short(e, 160)}" for d, e in failed)
+    where = step_dirs[0].parent if step_dirs else "?"
+    raise CheckpointError(f"no checkpoint under {where} can be restored ({errors})")
 
 
 class Checkpointer:
@@ -46,15 +160,39 @@ class Checkpointer:
             ),
         )
         self._best_file = workdir / "best" / "best.json"
+        self.failed: CheckpointSaveError | None = None  # the first failed save, raised again
 
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
 
     def save(self, step: int, state) -> None:
-        """Saves `state` as step `step` (no-op if that step is already saved)."""
+        """Saves `state` as step `step` (no-op if that step is already saved); a failed save
+        (also an earlier asynchronous one) raises CheckpointSaveError."""
         if step in self.latest.all_steps():
             return
-        self.latest.save(step, args=ocp.args.StandardSave(state), force=True)
+        with self._save_errors(self.latest, step):
+            self.latest.save(step, args=ocp.args.StandardSave(state), force=True)
+
+    @contextlib.contextmanager
+    def _save_errors(self, mgr, step: int | None):
+        """Turns any failure of a save into one CheckpointSaveError line: where, the free space,
+        which steps are intact, what to do."""
+        if self.failed:
+            raise self.failed
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001 - orbax wraps OSErrors in several types
+            # Saves are asynchronous: the failure may be an earlier step's, surfacing now.
+            folder = pathlib.Path(str(mgr.directory))
+            intact = sorted(int(p.name) for p in folder.glob("*") if p.name.isdigit())
+            unfinished = sorted(p.name for p in folder.glob("*.orbax-checkpoint-tmp*"))
+            what = f"step {unfinished[0].split('.')[0]}" if unfinished else f"step {step}"
+            self.failed = CheckpointSaveError(
+                f"saving {what} under {folder} failed ({_short(e, 160)}); {_free_space(folder)} "
+                f"there; saved steps {intact or 'none'} are intact. Free space or fix the "
+                "folder's permissions and rerun to resume"
+            )
+            raise self.failed from None
 
     def best_miou(self) -> float | None:
         if self._best_file.exists():
@@ -68,33 +206,63 @@ class Checkpointer:
             return False
         if step in self.best.all_steps():
             return False
-        self.best.save(
-            step, args=ocp.args.StandardSave(state), metrics={"mIoU": float(miou)}, force=True
-        )
-        self.best.wait_until_finished()
-        self._best_file.write_text(json.dumps({"step": int(step), "mIoU": float(miou)}))
+        with self._save_errors(self.best, step):
+            self.best.save(
+                step, args=ocp.args.StandardSave(state), metrics={"mIoU": float(miou)}, force=True
+            )
+            self.best.wait_until_finished()
+            if _is_main_process():
+                self._best_file.write_text(json.dumps({"step": int(step), "mIoU": float(miou)}))
         return True
 
     def restore(self, abstract_state, step: int | None = None, *, best: bool = False):
         """Restores into `abstract_state` (ShapeDtypeStructs with shardings).
 
-        step None = the latest (or, with best=True, the best) checkpoint.
+        step None = the latest (or, with best=True, the best) checkpoint; the latest falls back
+        to the previous intact step when it cannot be read (see `restore_newest_intact`).
         """
         mgr = self.best if best else self.latest
+        args = ocp.args.StandardRestore(abstract_state)
+        if step is None and not best:
+            steps = sorted(mgr.all_steps(), reverse=True)
+            if not steps:
+                raise FileNotFoundError(
+                    f"no checkpoint under {mgr.directory} (checkpoints/); train first"
+                )
+            folder = pathlib.Path(str(mgr.directory))
+            state, step_dir = restore_newest_intact(
+                [folder / str(s) for s in steps],
+                lambda d: mgr.restore(int(d.name), args=args),
+                log=_log,
+            )
+            if int(step_dir.name) != steps[0]:
+                mgr.reload()  # the moved-aside steps are gone from its list
+            return state, int(step_dir.name)
         if step is None:
-            step = mgr.best_step() if best else mgr.latest_step()
+            step = mgr.best_step()
         if step is None:
-            where = "best/" if best else "checkpoints/"
-            raise FileNotFoundError(f"no checkpoint under {mgr.directory} ({where}); train first")
-        return mgr.restore(step, args=ocp.args.StandardRestore(abstract_state)), step
+            raise FileNotFoundError(f"no checkpoint under {mgr.directory} (best/); train first")
+        try:
+            return mgr.restore(step, args=args), step
+        except Exception as e:  # noqa: BLE001 - one line, not a tensorstore traceback
+            raise CheckpointError(
+                f"cannot restore step {step} from {mgr.directory} ({_short(e)}); pass another "
+                "--checkpoint (latest falls back to the newest intact step)"
+            ) from None
 
     def wait(self) -> None:
-        self.latest.wait_until_finished()
-        self.best.wait_until_finished()
+        with self._save_errors(self.latest, None):
+            self.latest.wait_until_finished()
+        with self._save_errors(self.best, None):
+            self.best.wait_until_finished()
 
     def close(self) -> None:
-        self.latest.close()
-        self.best.close()
+        for mgr in (self.latest, self.best):
+            try:
+                mgr.close()
+            except Exception:  # noqa: BLE001 - a failed save was already reported
+                if not self.failed:
+                    raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,8 +431,9 @@ def _latest_step_dir(manager_dir: pathlib.Path) -> pathlib.Path | None:
     return max(steps, key=lambda p: int(p.name)) if steps else None
 
 
-def latest_saved_step(workdir: pathlib.Path) -> int | None:
-    """The newest committed step under WORKDIR/checkpoints/, without orbax managers."""
+def latest_saved_step(workdir: str | pathlib.Path) -> int | None:
+    """The newest committed step under WORKDIR/checkpoints/, from the folder names only (no
+    orbax manager; safe from any thread)."""
     step_dir = _latest_step_dir(pathlib.Path(workdir) / "checkpoints")
     return int(step_dir.name) if step_dir is not None else None
 
@@ -356,14 +525,38 @@ def step_of(item_dir: pathlib.Path) -> int | None:
     return int(step_dir.name) if _is_step_name(step_dir.name) else None
 
 
+def _restore_item_raw(item_dir: pathlib.Path, abstract_state):
+    with ocp.StandardCheckpointer() as checkpointer:
+        return checkpointer.restore(item_dir.absolute(), abstract_state)
+
+
 def restore_item(item_dir: pathlib.Path, abstract_state):
     """The state of an orbax item folder, restored into `abstract_state` (current shardings);
-    CheckpointError naming the folder when it does not fit."""
+    CheckpointError naming the folder when it cannot be read or does not fit."""
     try:
-        with ocp.StandardCheckpointer() as checkpointer:
-            return checkpointer.restore(item_dir.absolute(), abstract_state)
-    except (ValueError, KeyError, FileNotFoundError) as e:
+        validate_step_dir(item_dir.parent if item_dir.name == "default" else item_dir)
+        return _restore_item_raw(item_dir, abstract_state)
+    except Exception as e:  # noqa: BLE001 - one line, not a tensorstore traceback
         raise CheckpointError(
-            f"cannot restore {item_dir} into the model of this config ({type(e).__name__}: "
-            f"{e}); pass the config the checkpoint was trained with"
+            f"cannot restore {item_dir} ({_short(e)}): a damaged checkpoint or one of another "
+            "config; pass another --checkpoint or the config it was trained with"
         ) from None
+
+
+def restore_latest_item(workdir: str | pathlib.Path, abstract_state):
+    """(state, item folder) of the newest intact step of WORKDIR/checkpoints (--checkpoint=
+    latest in predict): unreadable newer steps are moved aside as in training."""
+    folder = pathlib.Path(workdir) / "checkpoints"
+    steps = sorted(
+        (p for p in folder.glob("*") if p.is_dir() and _is_step_name(p.name)),
+        key=lambda p: int(p.name),
+        reverse=True,
+    )
+    if not steps:
+        raise CheckpointError(
+            f"--workdir={workdir} has no checkpoint under checkpoints/; {_TRAIN_FIRST}"
+        )
+    state, step_dir = restore_newest_intact(
+        steps, lambda d: _restore_item_raw(_item_dir(d), abstract_state), log=_log
+    )
+    return state, _item_dir(step_dir)

@@ -58,8 +58,9 @@ def enable(
     global _listening, _cache_dir
     if jax.process_count() > 1:
         reporting.log_and_print(
-            "note: persistent compilation cache off for multi-process runs (restarts that share "
-            "one were seen to hang at start-up); every process compiles"
+            "note: persistent compilation cache off for multi-process runs (restarts that shared "
+            "one were seen to hang at start-up, in gloo's key-value rendezvous); every process "
+            "compiles"
         )
         return None
     folder = pathlib.Path(cache_dir).expanduser() if cache_dir else default_dir()
@@ -158,6 +159,8 @@ def quiet_xla_alarms() -> None:
     except OSError:
         return
     _filtering = True
+    global _original_stderr
+    _original_stderr = original
 
     def pump():
         filt = _AlarmFilter(lambda data: os.write(original, data))
@@ -178,6 +181,14 @@ def quiet_xla_alarms() -> None:
 
 
 _filtering = False
+_original_stderr: int | None = None
+
+
+def write_stderr_now(text: str) -> None:
+    """Writes `text` to the real stderr at once, past the alarm filter's pipe: for a last line
+    before `os._exit`, which would kill the filter thread before it forwards anything."""
+    sys.stderr.flush()
+    os.write(_original_stderr if _original_stderr is not None else 2, text.encode())
 
 
 class _AlarmFilter:

@@ -102,6 +102,40 @@ def _images_on_label_grid(batch: dict, n: int) -> np.ndarray:
     return out
 
 
+def _to_host(x: jax.Array) -> np.ndarray:
+    """The whole value of a (global) array on this host: directly when this process holds it
+    all (one process, or replicated), else by an all-gather every process takes part in."""
+    if x.is_fully_addressable or x.is_fully_replicated:
+        return np.asarray(jax.device_get(x))
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _local_rows(x: jax.Array) -> np.ndarray:
+    """This process's rows of a batch-sharded global array, in batch order (no communication)."""
+    if x.is_fully_addressable:
+        return np.asarray(jax.device_get(x))
+    shards = {s.index[0].start or 0: s for s in x.addressable_shards}  # replicas share a start
+    return np.concatenate([np.asarray(shards[k].data) for k in sorted(shards)])
+
+
+def _first_rows(local: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+    """The first n rows of the *global* batch from every process's local rows.
+
+    Global row order is process 0's rows, then process 1's, ...; each process sends its first
+    min(n, local size) rows (one small all-gather, every process takes part) and all keep the
+    first n of the concatenation. One process: a plain slice.
+    """
+    if jax.process_count() == 1:
+        return {k: v[:n] for k, v in local.items()}
+    from jax.experimental import multihost_utils
+
+    m = min(n, len(next(iter(local.values()))))
+    gathered = multihost_utils.process_allgather({k: v[:m] for k, v in local.items()})
+    return {k: np.asarray(v).reshape(-1, *v.shape[2:])[:n] for k, v in gathered.items()}
+
+
 def run_evaluation(
     eval_step: Callable,
     state: TrainState,
@@ -114,7 +148,12 @@ def run_evaluation(
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Sums the confusion matrices of all batches -> (int64 [K,K], overlay images).
 
-    progress: told the batch sizes as they go (a line every ~10 s with the rate and ETA)."""
+    progress: told the batch sizes as they go (a line every ~10 s with the rate and ETA).
+    Multi-host: every process runs the same number of batches (its own rows of each global
+    batch); the confusion matrices are global (reduced over all hosts by the eval step), and
+    the overlay images are the first `num_images` rows of the first global batch, gathered on
+    every process (only process 0's reporter writes them).
+    """
     per_batch = []  # device arrays, fetched at the end so the loop never waits on a batch
     images = {}
     keys = ("image", "label", "image_hw", "label_hw")
@@ -127,11 +166,13 @@ def run_evaluation(
         if progress is not None:
             progress.update(len(batch["label"]), ready=cm)
         if num_images and not images and palette is not None:
-            n = min(num_images, len(batch["label"]))
-            pred_np = np.asarray(jax.device_get(pred))[:n]
-            label = np.asarray(batch["label"][:n])
-            rgb = _images_on_label_grid(batch, n)
-            pred_np = np.where(label >= 0, pred_np, -1)  # blank the padding
+            local = {k: np.asarray(batch[k]) for k in keys if k in batch}
+            local["prediction"] = _local_rows(pred)
+            rows = _first_rows(local, min(num_images, len(pred)))
+            n = len(rows["label"])
+            label = rows["label"]
+            rgb = _images_on_label_grid(rows, n)
+            pred_np = np.where(label >= 0, rows["prediction"], -1)  # blank the padding
             images = {
                 "prediction": reporting.overlay(rgb, pred_np, palette),
                 "label": reporting.overlay(rgb, label, palette),
@@ -139,7 +180,7 @@ def run_evaluation(
     if not per_batch:
         raise ValueError("the evaluation split yielded no batch; check dataset.eval_split")
     # Summed in int64 on the host: a whole split's pixel counts can exceed int32.
-    total = sum(np.asarray(cm, np.int64) for cm in jax.device_get(per_batch))
+    total = sum(_to_host(cm).astype(np.int64) for cm in per_batch)
     return total, images
 
 

@@ -741,6 +741,28 @@ def _keeping_first(batches, kept: list) -> Iterator[dict]:
         yield batch
 
 
+def _prepare_dataset_once(spec, data_dir: str) -> None:
+    """Builds the dataset (and its dataset_stats.json) if it is not prepared, as the prepare CLI
+    does (the demo builds itself); with several processes process 0 builds it while the others
+    wait (two processes building one tfds folder at once would clash)."""
+    from msc_seg.data import builders
+    from msc_seg.data import stats as stats_lib
+
+    def prepare() -> None:
+        if not builders.make_builder(spec, data_dir).is_prepared():
+            builders.prepare_dataset(spec, data_dir)
+            stats_lib.ensure_stats(spec, data_dir)
+
+    if jax.process_count() > 1:
+        from msc_seg import distributed
+
+        if jax.process_index() == 0:
+            prepare()
+        distributed.barrier(f"dataset {spec.name} prepared")
+    else:
+        prepare()
+
+
 def build(config: ml_collections.ConfigDict, workdir, *, mode: str) -> Experiment:
     """The run of `config` in `workdir` for mode "train", "eval" or "predict".
 
@@ -760,12 +782,7 @@ def build(config: ml_collections.ConfigDict, workdir, *, mode: str) -> Experimen
     spec = validate(config, runtime_facts(), check_model=False, for_training=training)
     data_dir = resolve_data_dir(config)
     if mode != "predict":  # the data is checked before the workdir is touched
-        from msc_seg.data import builders
-        from msc_seg.data import stats as stats_lib
-
-        if not builders.make_builder(spec, data_dir).is_prepared():  # the demo builds itself
-            builders.prepare_dataset(spec, data_dir)
-            stats_lib.ensure_stats(spec, data_dir)  # as the prepare CLI does after a build
+        _prepare_dataset_once(spec, data_dir)
         for note in check_prepared_dataset(config, spec, data_dir, for_training=training):
             reporting.log_and_print(f"note: {note}")
         if training:

@@ -17,8 +17,9 @@ predict: segments every .jpg/.jpeg/.png of IN with that protocol and writes NAME
   on stderr; the dataset need not be prepared. --checkpoint may be a path (a WORKDIR/checkpoints/
   STEP folder or a workdir), in which case --workdir is not needed.
 
-Multi-host: every host runs the same command; `jax.distributed.initialize()` is called when
---distributed is given (or the usual cluster environment variables are present).
+Multi-host (docs/SCALING.md): every process runs the same command with --coordinator_address,
+--num_processes and --process_id (or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
+JAX_PROCESS_ID), or with --distributed under a scheduler JAX detects (SLURM, Open MPI, TPU pods).
 """
 
 from __future__ import annotations
@@ -51,7 +52,28 @@ flags.DEFINE_string(
 flags.DEFINE_string("images", None, "predict: folder of .jpg/.jpeg/.png images to segment.")
 flags.DEFINE_string("output", None, "predict: folder for NAME_mask/_overlay/_ids.png files.")
 flags.DEFINE_bool("recursive", False, "predict: also read the sub-folders of --images.")
-flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host runs).")
+flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Multi-process run under a scheduler: jax.distributed.initialize() reads the coordinator, "
+    "process count and index from SLURM / Open MPI / Cloud TPU (docs/SCALING.md).",
+)
+flags.DEFINE_string(
+    "coordinator_address", None, "Multi-process: HOST:PORT of process 0 ($JAX_COORDINATOR_ADDRESS)."
+)
+flags.DEFINE_integer(
+    "num_processes", None, "Multi-process: number of processes ($JAX_NUM_PROCESSES)."
+)
+flags.DEFINE_integer("process_id", None, "Multi-process: this process's index ($JAX_PROCESS_ID).")
+flags.DEFINE_integer(
+    "peer_timeout",
+    100,
+    "Multi-process: seconds without a heartbeat after which a peer is taken for dead and the run "
+    "stops (a rerun resumes from the last checkpoint).",
+)
+flags.DEFINE_integer(
+    "connect_timeout", 300, "Multi-process: seconds to wait for every process to join."
+)
 flags.DEFINE_string(
     "compile_cache",
     "",
@@ -63,10 +85,30 @@ flags.DEFINE_bool(
 )
 
 
-def _wants_distributed() -> bool:
-    return FLAGS.distributed or any(
-        v in os.environ for v in ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS")
-    )
+def _start_distributed() -> None:
+    """jax.distributed.initialize for the launch the flags / JAX_* variables ask for (none for
+    a single-process run); a launch that cannot work is one line and exit code 2."""
+    from msc_seg import distributed
+
+    try:
+        launch = distributed.resolve(
+            distributed=FLAGS.distributed,
+            coordinator_address=FLAGS.coordinator_address,
+            num_processes=FLAGS.num_processes,
+            process_id=FLAGS.process_id,
+        )
+        if launch is not None and FLAGS.mode == "predict":
+            raise distributed.LaunchError(
+                "--mode=predict runs on one process (one host segments the folder); start it "
+                "without --distributed / --coordinator_address / JAX_* variables"
+            )
+        if launch is not None:
+            distributed.initialize(
+                launch, peer_timeout_s=FLAGS.peer_timeout, connect_timeout_s=FLAGS.connect_timeout
+            )
+    except distributed.LaunchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _check_mode_flags() -> None:
@@ -197,24 +239,24 @@ def main(argv) -> None:
     from msc_seg.data import builders, conventions
 
     conventions.hide_accelerators_from_tensorflow()  # tf.data only: before any TF op runs
-    import jax
 
-    if _wants_distributed():
-        jax.distributed.initialize()
+    _start_distributed()
     if FLAGS.compile_cache != "off":
         from msc_seg import compile_cache
 
         compile_cache.enable(FLAGS.compile_cache or None)
 
-    from msc_seg import modes, predict, train
+    from msc_seg import checkpointing, distributed, modes, predict, train
 
     try:
-        if FLAGS.mode == "train":
-            train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-        elif FLAGS.mode == "eval":
-            modes.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint)
-        else:
-            _predict()
+        # Multi-process: a dead peer ends this process with one line within --peer_timeout.
+        with distributed.PeerWatch(FLAGS.peer_timeout):
+            if FLAGS.mode == "train":
+                train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+            elif FLAGS.mode == "eval":
+                modes.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint)
+            else:
+                _predict()
     except (
         ConfigError,
         ArgumentError,
@@ -225,6 +267,9 @@ def main(argv) -> None:
         FileNotFoundError,
     ) as e:
         _fail(str(e))
+    except checkpointing.CheckpointSaveError as e:  # a fault, not a usage error: exit 1
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 def refuse_renamed_overrides(argv: list[str]) -> None:

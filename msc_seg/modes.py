@@ -61,7 +61,10 @@ def predict_images(
         exp = experiment.build(config, run_dir, mode="predict")
     else:  # a bare checkpoint folder: nothing to check it against
         exp = experiment.build(config, None, mode="predict")
-    state = checkpointing.restore_item(item_dir, exp.parts.abstract_state)
+    if checkpoint == "latest" and workdir:  # the newest intact step (damaged ones moved aside)
+        state, item_dir = checkpointing.restore_latest_item(workdir, exp.parts.abstract_state)
+    else:
+        state = checkpointing.restore_item(item_dir, exp.parts.abstract_state)
     data = config.eval.data
     settings = predict.PredictInput(
         pad_shape=tuple(int(v) for v in data.pad_shape),

@@ -226,7 +226,10 @@ def predict_folder(
     """
     stream = stream if stream is not None else sys.stderr
     if jax.process_count() > 1:
-        raise PredictError("predict mode runs on one process; start it without --distributed")
+        raise PredictError(
+            "predict mode runs on one process; start it without --distributed, "
+            "--coordinator_address or JAX_* variables"
+        )
     files = list_images(images, recursive=recursive)
     pad_shape = (int(settings.pad_shape[0]), int(settings.pad_shape[1]))
     batch_size = int(settings.batch_size)

@@ -3,6 +3,7 @@ evaluations, preemption). Everything it runs is built by experiment.py."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import operator
 import pathlib
@@ -13,7 +14,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from msc_seg import checkpointing, compile_cache, config_lib, experiment, reporting
+from msc_seg import checkpointing, compile_cache, config_lib, distributed, experiment, reporting
 from msc_seg import mesh as mesh_lib
 from msc_seg.train_state import count_params
 
@@ -23,7 +24,13 @@ class NonFiniteLossError(RuntimeError):
 
 
 class _Preemption:
-    """Turns SIGTERM into a flag the loop checks (save, then stop) instead of a hard kill."""
+    """Turns SIGTERM into a flag the loop checks (save, then stop) instead of a hard kill.
+
+    On a pod the signal may reach one host only: `stop_now()` makes it a pod-wide decision (a
+    max of every process's flag over the mesh, one int32 per device, dispatched each step and
+    read one step later, so the host never waits on it), taken by every process at the same
+    step boundary; then all save together and exit.
+    """
 
     def __init__(self):
         self.requested = False
@@ -39,9 +46,52 @@ class _Preemption:
     def _handle(self, *_):
         self.requested = True
 
+    def agree_over(self, mesh) -> None:
+        """Multi-process: decide with the other processes of `mesh` (see the class doc)."""
+        if jax.process_count() == 1:
+            return
+        import jax.numpy as jnp
+
+        self._sharding = mesh_lib.batch_sharding(mesh)
+        mine = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+        self._local = len(mine)
+        self._max = jax.jit(jnp.max, out_shardings=mesh_lib.replicated_sharding(mesh))
+        self._pending = None
+        self.pod = True
+
+    pod = False
+
+    def stop_now(self) -> bool:
+        """Whether the loop stops after this step (on a pod: the agreed flag of the previous
+        step boundary, the same answer on every process)."""
+        if not self.pod:
+            return self.requested
+        decided = bool(self._pending) if self._pending is not None else False
+        flags = np.full((self._local,), int(self.requested), np.int32)
+        self._pending = self._max(jax.make_array_from_process_local_data(self._sharding, flags))
+        if decided:
+            self.requested = True  # a peer's signal: this process saves and stops too
+        return decided
+
     def __exit__(self, *exc):
         if self._old is not None:
             signal.signal(signal.SIGTERM, self._old)
+
+
+_PEER_FAILURE_MARKS = ("gloo", "peer", "connection", "deadline_exceeded", "unavailable", "task:")
+
+
+@contextlib.contextmanager
+def _peer_failures_reported():
+    """Multi-process: a collective that fails because a peer died ends this process with the
+    one-line report of distributed.report_peer_lost instead of a traceback."""
+    try:
+        yield
+    except Exception as e:
+        text = str(e)
+        if jax.process_count() > 1 and any(m in text.lower() for m in _PEER_FAILURE_MARKS):
+            distributed.collective_failed(text.strip().splitlines()[0] if text.strip() else "")
+        raise
 
 
 def _initial_state(exp: experiment.Experiment):
@@ -137,7 +187,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         sums, count = None, 0  # metrics summed on device since the last log line
         to_log = None  # (step, sums, count) written one step late
 
-        with _Preemption() as preemption:
+        with _Preemption() as preemption, _peer_failures_reported():
+            preemption.agree_over(exp.mesh)
+            distributed.on_peer_lost(lambda: checkpointing.latest_saved_step(exp.workdir))
             while step < c.total_steps:
                 batch = mesh_lib.host_batch_to_global(next(batches), exp.mesh)
                 first = pending is None
@@ -173,7 +225,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                         to_log = None
                     results = _evaluate_and_keep_best(exp, state, step)
                     reporter.restart_clock(step)  # steps/s: training only, not the evaluation
-                if preemption.requested:
+                if preemption.stop_now():
                     break
         if pending is not None:
             _raise_if_nonfinite(exp, *pending)
@@ -182,7 +234,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         exp.checkpointer.save(step, state)
         if preemption.requested and step < c.total_steps:
             exp.checkpointer.wait()
-            reporting.log_and_print(f"SIGTERM: saved step {step}; rerun to resume")
+            who = "" if jax.process_count() == 1 else " (on the pod: every process stops here)"
+            reporting.log_and_print(f"SIGTERM: saved step {step}; rerun to resume{who}")
             return results
         if not results or results.get("step") != step:
             results = _evaluate_and_keep_best(exp, state, step)
