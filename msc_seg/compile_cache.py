@@ -89,6 +89,10 @@ def reset_backend_cache() -> None:
     compilation_cache.reset_cache()
 
 
+# Seconds between the "compiling ... 1m10s" lines: a log never goes silent for longer.
+HEARTBEAT_S = 10.0
+
+
 class Compilation:
     """Wraps the first call of a jitted function (its compile) with progress lines.
 
@@ -120,9 +124,13 @@ class Compilation:
         reporting.log_and_print(f"compiling {self.what} ({hint}) ...")
         self._hits, self._misses = _events[_HIT], _events[_MISS]
         self._start = time.perf_counter()
+        self._heartbeat = reporting.Heartbeat(
+            lambda t: f"compiling {self.what} ... {t}", every_s=HEARTBEAT_S
+        ).__enter__()
         return self
 
     def __exit__(self, exc_type, *_):
+        self._heartbeat.__exit__(exc_type)
         if exc_type is not None:
             return False
         seconds = time.perf_counter() - self._start

@@ -161,7 +161,11 @@ def run_evaluation(
         device_batch = mesh_lib.host_batch_to_global(
             {k: batch[k] for k in keys if k in batch}, mesh
         )
-        cm, pred = eval_step(state, device_batch)
+        if progress is not None and not per_batch:  # the first call compiles: say so meanwhile
+            with progress.compiling():
+                cm, pred = jax.block_until_ready(eval_step(state, device_batch))
+        else:
+            cm, pred = eval_step(state, device_batch)
         per_batch.append(cm)
         if progress is not None:
             progress.update(len(batch["label"]), ready=cm)

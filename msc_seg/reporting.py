@@ -11,6 +11,7 @@ import math
 import os
 import pathlib
 import sys
+import threading
 import time
 
 import jax
@@ -204,6 +205,31 @@ class ProgressBar:
         self.stream.flush()
 
 
+class Heartbeat:
+    """A context that prints `message(elapsed)` every `every_s` seconds from a daemon thread
+    while its block runs (a compile, which gives no progress of its own), so a log never goes
+    silent for longer than `every_s`."""
+
+    def __init__(self, message, *, every_s: float = 10.0):
+        self.message, self.every_s = message, every_s
+        self._stop = threading.Event()
+
+    def _beat(self) -> None:
+        start = time.perf_counter()
+        while not self._stop.wait(self.every_s):
+            print(self.message(format_duration(time.perf_counter() - start)), flush=True)
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_):
+        self._stop.set()
+        self._thread.join()
+        return False
+
+
 class PeriodicProgress:
     """A progress line every `every_s` seconds for loops that go to log files (evaluation):
     'eval: 48/200 images | 3.10 img/s | ETA 0m49s'. Counts what has finished: before a line
@@ -214,6 +240,10 @@ class PeriodicProgress:
         self.total, self.label, self.every_s = total, label, every_s
         self.done = 0
         self.start = self._last = time.perf_counter()
+
+    def compiling(self) -> Heartbeat:
+        """Wraps the loop's first call (its compile): a line every `every_s` seconds."""
+        return Heartbeat(lambda t: f"{self.label}: compiling ... {t}", every_s=self.every_s)
 
     def update(self, n: int, ready=None) -> None:
         self.done += n

@@ -92,3 +92,16 @@ def test_xla_slow_compile_alarm_is_dropped_and_everything_else_passes():
     assert got == (
         b"step 1/4 | loss 2.0\n\rpredict [##..] 1/4\n**** a real banner\nkept ****\nend\n"
     )
+
+
+def test_heartbeat_keeps_a_long_silent_block_talking_and_stops_with_it(capsys):
+    import time as time_lib
+
+    from msc_seg import reporting
+
+    with reporting.Heartbeat(lambda t: f"compiling the train step ... {t}", every_s=0.05):
+        time_lib.sleep(0.33)
+    during = capsys.readouterr().out.splitlines()
+    time_lib.sleep(0.15)
+    assert 4 <= len(during) <= 7 and all(line.startswith("compiling the train") for line in during)
+    assert capsys.readouterr().out == ""  # the thread ended with the block
