@@ -217,6 +217,9 @@ def main(argv) -> None:
                 "--config=configs/NAME.py (the config it was trained with)"
             )
         _fail("--config is required, e.g. --config=configs/demo.py")
+    # Before anything asks JAX for its devices (the checks below count them): a multi-process
+    # launch has to connect first; a single-process run does nothing here.
+    _start_distributed()
     try:
         if FLAGS.workdir:
             cli_checks.check_workdir(FLAGS.workdir, FLAGS.mode)
@@ -240,7 +243,6 @@ def main(argv) -> None:
 
     conventions.hide_accelerators_from_tensorflow()  # tf.data only: before any TF op runs
 
-    _start_distributed()
     if FLAGS.compile_cache != "off":
         from msc_seg import compile_cache
 
