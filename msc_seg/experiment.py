@@ -698,7 +698,8 @@ class Experiment:
             protocol=protocol,
         )
         if self.reporter is not None:
-            self._write_eval_views(state, step, cm, first[0])
+            with reporting.Heartbeat(lambda t: f"drawing the evaluation's figures ... {t}"):
+                self._write_eval_views(state, step, cm, first[0])
         return results | {"confusion_matrix": cm}
 
     def _write_eval_views(self, state: TrainState, step: int, cm, batch: dict) -> None:
@@ -778,6 +779,11 @@ def build(config: ml_collections.ConfigDict, workdir, *, mode: str) -> Experimen
         f"building the run: dataset {config.dataset.name}, model {config.model.name}"
         f"/{config.model.get('backbone', '-')} ({mode}) ..."
     )
+    with reporting.Heartbeat(lambda t: f"building the run ... {t}"):
+        return _build(config, workdir, mode)
+
+
+def _build(config: ml_collections.ConfigDict, workdir, mode: str) -> Experiment:
     training = mode == "train"
     spec = validate(config, runtime_facts(), check_model=False, for_training=training)
     data_dir = resolve_data_dir(config)

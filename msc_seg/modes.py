@@ -10,7 +10,7 @@ import pathlib
 
 import ml_collections
 
-from msc_seg import checkpointing, experiment, predict
+from msc_seg import checkpointing, experiment, predict, reporting
 
 
 def evaluate_checkpoint(
@@ -28,7 +28,8 @@ def evaluate_checkpoint(
     try:
         best = checkpoint == "best"
         step = None if checkpoint in ("latest", "best") else int(checkpoint)
-        state, step = exp.checkpointer.restore(exp.parts.abstract_state, step, best=best)
+        with reporting.Heartbeat(lambda t: f"restoring the checkpoint ... {t}"):
+            state, step = exp.checkpointer.restore(exp.parts.abstract_state, step, best=best)
         trained = checkpointing.saved_config(workdir)
         tag = experiment.protocol_tag(config)
         if trained is not None and experiment.protocol_tag(trained) == tag:

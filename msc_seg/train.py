@@ -98,10 +98,15 @@ def _initial_state(exp: experiment.Experiment):
     """(state, start step): the workdir's latest checkpoint, else a fresh (or imported) state."""
     start = exp.checkpointer.latest_step()
     if start is not None:
-        state, start = exp.checkpointer.restore(exp.parts.abstract_state)
+        reporting.log_and_print(f"restoring step {start} of {exp.workdir} ...")
+        with reporting.Heartbeat(lambda t: f"restoring ... {t}"):
+            state, start = exp.checkpointer.restore(exp.parts.abstract_state)
         reporting.log_and_print(f"Resuming from step {start} in {exp.workdir}")
         return state, start
-    state = exp.parts.create_state()
+    # A jitted initialiser: its compile takes seconds for tiny models, minutes for paper sizes.
+    reporting.log_and_print("initialising the model's weights (compiling the initialiser) ...")
+    with reporting.Heartbeat(lambda t: f"initialising the model's weights ... {t}"):
+        state = jax.block_until_ready(exp.parts.create_state())
     if exp.config.model_init:
         from msc_seg.models.pretrained import apply_pretrained
 
@@ -133,7 +138,11 @@ def _program_key(exp: experiment.Experiment) -> str:
 def _evaluate_and_keep_best(exp: experiment.Experiment, state, step: int) -> dict:
     results = exp.evaluate(state, step)
     results["step"] = step
-    if np.isfinite(results["mIoU"]) and exp.checkpointer.save_if_best(step, state, results["mIoU"]):
+    with reporting.Heartbeat(lambda t: f"keeping the best checkpoint ... {t}"):
+        best = np.isfinite(results["mIoU"]) and exp.checkpointer.save_if_best(
+            step, state, results["mIoU"]
+        )
+    if best:
         reporting.log_and_print(f"New best val mIoU {100 * results['mIoU']:.2f} at step {step}")
     return results
 
