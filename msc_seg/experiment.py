@@ -728,8 +728,9 @@ class Experiment:
 
     def close(self) -> None:
         if self.checkpointer is not None:
-            self.checkpointer.wait()
-            self.checkpointer.close()
+            with reporting.Heartbeat(lambda t: f"waiting for the checkpoint writes ... {t}"):
+                self.checkpointer.wait()
+                self.checkpointer.close()
         if self.reporter is not None:
             self.reporter.close()
 

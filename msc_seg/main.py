@@ -239,9 +239,12 @@ def main(argv) -> None:
     print(
         f"{FLAGS.mode}: the command line and config are valid; loading TensorFlow ...", flush=True
     )
-    from msc_seg.data import builders, conventions
+    from msc_seg import reporting
 
-    conventions.hide_accelerators_from_tensorflow()  # tf.data only: before any TF op runs
+    with reporting.Heartbeat(lambda t: f"loading TensorFlow ... {t}"):
+        from msc_seg.data import builders, conventions
+
+        conventions.hide_accelerators_from_tensorflow()  # tf.data only: before any TF op runs
 
     if FLAGS.compile_cache != "off":
         from msc_seg import compile_cache
