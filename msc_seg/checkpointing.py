@@ -304,15 +304,12 @@ def saved_tree(item_dir: pathlib.Path) -> dict[str, tuple[int, ...]]:
             metadata = checkpointer.metadata(item_dir.absolute())
     finally:
         logging.set_verbosity(verbosity)
-    tree = getattr(metadata, "item_metadata", metadata)
-    return {
-        "/".join(map(str, k)): tuple(getattr(v, "shape", ()) or ())
-        for k, v in ocp.tree.to_flat_dict(tree).items()
-    }
+    return state_tree(getattr(metadata, "item_metadata", metadata))
 
 
 def state_tree(abstract_state) -> dict[str, tuple[int, ...]]:
-    """The same paths and shapes for the abstract state a config builds."""
+    """'params/.../kernel' -> shape of every leaf of a state tree (the abstract state a config
+    builds, or a checkpoint's metadata tree)."""
     return {
         "/".join(map(str, k)): tuple(getattr(v, "shape", ()) or ())
         for k, v in ocp.tree.to_flat_dict(abstract_state).items()

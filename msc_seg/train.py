@@ -34,6 +34,7 @@ class _Preemption:
 
     def __init__(self):
         self.requested = False
+        self.pod = False  # agree_over: a multi-process run decides with its peers
         self._old = None
 
     def __enter__(self):
@@ -58,8 +59,6 @@ class _Preemption:
         self._max = jax.jit(jnp.max, out_shardings=mesh_lib.replicated_sharding(mesh))
         self._pending = None
         self.pod = True
-
-    pod = False
 
     def stop_now(self) -> bool:
         """Whether the loop stops after this step (on a pod: the agreed flag of the previous

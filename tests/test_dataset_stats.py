@@ -7,12 +7,12 @@ import json
 
 import numpy as np
 import pytest
-from absl import flags
 from PIL import Image
+from test_datasets import _run_prepare
 
 from msc_seg import config_lib, experiment
-from msc_seg.data import prepare, user_datasets
 from msc_seg.data import stats as stats_lib
+from msc_seg.data import user_datasets
 from msc_seg.data.registry import DatasetSpec
 from msc_seg.losses.class_weights import class_weights
 
@@ -45,14 +45,6 @@ def _write_tree(root, labels):
                 path = root / folder / split / f"{name}.png"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(array).save(path)
-
-
-def _run_prepare(*args) -> int:
-    flags.FLAGS(["prepare", *args])
-    try:
-        return prepare.main([])
-    finally:
-        flags.FLAGS.unparse_flags()
 
 
 @pytest.fixture(scope="module")

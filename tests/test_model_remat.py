@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import test_model_zoo
 from flax import nnx
 
 from msc_seg.errors import ArgumentError
@@ -24,27 +25,11 @@ RTOL, ATOL = 1e-4, 1e-5
 
 
 def build_random(factory, seed: int = 0):
-    """A concrete model with numpy-drawn weights and BN statistics (no initialiser compiles)."""
-
-    def build(key):
-        with jax.ensure_compile_time_eval():
-            return factory(nnx.Rngs(key))
-
-    graphdef, state = nnx.split(nnx.eval_shape(build, jax.random.key(0)))
-    rng = np.random.default_rng(seed)
-    for path, var in nnx.to_flat_state(state):
-        shape, name = var.get_value().shape, path[-1]
-        if isinstance(var, nnx.RngKey):
-            value = jax.random.key(seed)
-        elif isinstance(var, nnx.RngCount):
-            value = jnp.zeros(shape, jnp.uint32)
-        elif name in ("kernel", "relative_position_bias_table"):
-            value = rng.normal(size=shape) * np.sqrt(1.0 / np.prod(shape[:-1]))
-        else:
-            bounds = {"scale": (0.5, 1.5), "var": (0.5, 1.5)}.get(name, (-0.3, 0.3))
-            value = rng.uniform(*bounds, size=shape)
-        var.set_value(jnp.asarray(value, jnp.float32) if isinstance(value, np.ndarray) else value)
-    return nnx.merge(graphdef, state)
+    """A concrete model with numpy-drawn weights and BN statistics (no initialiser compiles);
+    unit-gain kernels (and Swin's bias tables) keep deep unrolled/scanned stacks well scaled."""
+    return test_model_zoo.build_random(
+        factory, seed, kernel_gain=1.0, kernels=("kernel", "relative_position_bias_table")
+    )
 
 
 def _images(b, h, w, seed=0):

@@ -38,11 +38,14 @@ def build_abstract(factory):
     return nnx.eval_shape(build, jax.random.key(0))
 
 
-def build_random(factory, seed: int = 0):
+def build_random(
+    factory, seed: int = 0, *, kernel_gain: float = 2.0, kernels: tuple[str, ...] = ("kernel",)
+):
     """A concrete model with numpy-drawn weights and non-trivial BN statistics.
 
-    Skips the XLA compiles of the initialisers (one per kernel shape, seconds each on CPU);
-    the real initialisers are exercised by ``test_backbone_initialisers_are_torchvision_like``.
+    Variables named in `kernels` are drawn N(0, kernel_gain / fan_in). Skips the XLA compiles of
+    the initialisers (one per kernel shape, seconds each on CPU); the real initialisers are
+    exercised by ``test_backbone_initialisers_are_torchvision_like``.
     """
     graphdef, state = nnx.split(build_abstract(factory))
     rng = np.random.default_rng(seed)
@@ -52,8 +55,8 @@ def build_random(factory, seed: int = 0):
             value = jax.random.key(seed)
         elif isinstance(var, nnx.RngCount):
             value = jnp.zeros(shape, jnp.uint32)
-        elif name == "kernel":
-            value = rng.normal(size=shape) * np.sqrt(2.0 / np.prod(shape[:-1]))
+        elif name in kernels:
+            value = rng.normal(size=shape) * np.sqrt(kernel_gain / np.prod(shape[:-1]))
         else:
             bounds = {"scale": (0.5, 1.5), "var": (0.5, 1.5)}.get(name, (-0.3, 0.3))
             value = rng.uniform(*bounds, size=shape)
