@@ -37,6 +37,7 @@ PyTorch UperNetForSemanticSegmentation on the same cores, steps alternated (torc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -220,6 +221,24 @@ def planned_bytes(compiled) -> int | None:
     )
 
 
+@contextlib.contextmanager
+def timing_lock():
+    """Holds the file lock named by $MSC_SEG_BENCH_TIMING_LOCK (if set) while timing, so that
+    several model processes sharing one GPU compile in parallel but never time at once."""
+    path = os.environ.get("MSC_SEG_BENCH_TIMING_LOCK")
+    if not path:
+        yield
+        return
+    import fcntl
+
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def time_forward(model_def, state, images, warmup: int, repeats: int) -> dict:
     """Inference (train=False, logits only): compile seconds and per-call seconds."""
     import jax
@@ -231,13 +250,14 @@ def time_forward(model_def, state, images, warmup: int, repeats: int) -> dict:
         jax.jit(forward), state.params, state.batch_stats, images, what="fwd"
     )
     times = []
-    for i in range(warmup + repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(compiled(state.params, state.batch_stats, images))
-        elapsed = time.perf_counter() - t
-        if i >= warmup:
-            times.append(elapsed)
-        print(f"  fwd call {i + 1}/{warmup + repeats}: {elapsed:.2f} s", flush=True)
+    with timing_lock():
+        for i in range(warmup + repeats):
+            t = time.perf_counter()
+            jax.block_until_ready(compiled(state.params, state.batch_stats, images))
+            elapsed = time.perf_counter() - t
+            if i >= warmup:
+                times.append(elapsed)
+            print(f"  fwd call {i + 1}/{warmup + repeats}: {elapsed:.2f} s", flush=True)
     return stats | {"fwd_times_s": times}
 
 
@@ -253,13 +273,14 @@ def time_train(config, parts, state, batch, warmup: int, repeats: int, save):
     stats["xla_train_plan_bytes"] = planned_bytes(compiled)
     save(stats | {"phase": "train step (compiled)"})
     times, metrics = [], None
-    for i in range(warmup + repeats):
-        t = time.perf_counter()
-        state, metrics = jax.block_until_ready(compiled(state, batch, key))
-        elapsed = time.perf_counter() - t
-        if i >= warmup:
-            times.append(elapsed)
-        print(f"  train step {i + 1}/{warmup + repeats}: {elapsed:.2f} s", flush=True)
+    with timing_lock():
+        for i in range(warmup + repeats):
+            t = time.perf_counter()
+            state, metrics = jax.block_until_ready(compiled(state, batch, key))
+            elapsed = time.perf_counter() - t
+            if i >= warmup:
+                times.append(elapsed)
+            print(f"  train step {i + 1}/{warmup + repeats}: {elapsed:.2f} s", flush=True)
     return stats | {
         "train_times_s": times,
         "loss": float(metrics["loss"]),
@@ -545,7 +566,9 @@ def parse_overrides(text: str) -> dict[str, int]:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default=",".join(MODELS), help="comma list; all by default")
+    parser.add_argument(
+        "--models", default="all", help="comma list, or all (the default): every paper model"
+    )
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--size", type=int, default=512, help="square crop size, multiple of 32")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
@@ -581,6 +604,8 @@ def parse_args(argv=None):
     parser.add_argument("--result-file", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.model_list = [m for m in args.models.split(",") if m]
+    if args.model_list == ["all"]:
+        args.model_list = list(MODELS)
     unknown = [m for m in args.model_list if m not in MODELS]
     if unknown:
         raise SystemExit(f"--models: unknown {unknown}; known: {', '.join(MODELS)}")
