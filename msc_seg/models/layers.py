@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from msc_seg.models.conv import conv_layer
+
 # PyTorch `kaiming_normal_(mode="fan_out", nonlinearity="relu")`: untruncated normal,
 # variance 2 / (out_channels * kh * kw). Flax conv kernels are [kh, kw, in, out].
 kaiming_normal_fan_out = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -301,7 +303,7 @@ class ConvModule(nnx.Module):
     ):
         if padding is None:
             padding = dilation * (kernel_size - 1) // 2
-        self.conv = nnx.Conv(
+        self.conv = conv_layer(
             in_channels,
             out_channels,
             (kernel_size, kernel_size),

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from msc_seg.models.conv import conv_layer
 from msc_seg.models.layers import TORCH_BN_EPS, flax_momentum, kaiming_normal_fan_out
 
 PROJECTOR_TORCH_BN_MOMENTUM = 0.0003
@@ -31,7 +32,7 @@ class Projector(nnx.Module):
         rngs: nnx.Rngs,
     ):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.conv1 = nnx.Conv(
+        self.conv1 = conv_layer(
             in_channels,
             in_channels,
             (1, 1),
@@ -45,7 +46,7 @@ class Projector(nnx.Module):
             epsilon=TORCH_BN_EPS,
             **kw,
         )
-        self.conv2 = nnx.Conv(
+        self.conv2 = conv_layer(
             in_channels,
             out_channels,
             (1, 1),

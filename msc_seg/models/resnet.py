@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from msc_seg.errors import ArgumentError
+from msc_seg.models.conv import conv_layer
 from msc_seg.models.layers import TORCH_BN_EPS, kaiming_normal_fan_out
 from msc_seg.models.repeat import call, check_remat, run_chain
 
@@ -63,7 +64,7 @@ def make_conv(
     by half a pixel against torch; the explicit padding keeps pretrained weights exact.
     """
     pad = dilation * (kernel_size - 1) // 2
-    return nnx.Conv(
+    return conv_layer(
         in_channels,
         out_channels,
         (kernel_size, kernel_size),

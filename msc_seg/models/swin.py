@@ -29,6 +29,7 @@ import numpy as np
 from flax import nnx
 
 from msc_seg.errors import ArgumentError
+from msc_seg.models.conv import conv_layer
 from msc_seg.models.layers import DropPath, gelu_exact, torch_default_kernel, trunc_normal_02
 from msc_seg.models.repeat import call, check_remat, run_chain
 
@@ -147,7 +148,7 @@ class PatchEmbed(nnx.Module):
 
     def __init__(self, in_chans, embed_dim, patch_size, *, dtype, param_dtype, rngs):
         self.patch_size = patch_size
-        self.proj = nnx.Conv(
+        self.proj = conv_layer(
             in_chans,
             embed_dim,
             (patch_size, patch_size),

@@ -16,12 +16,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from msc_seg.models.conv import conv_layer
 from msc_seg.models.layers import ConvModule, adaptive_avg_pool, dropout2d, resize_bilinear
 
 
 def classifier_conv(in_channels, num_classes, *, dtype, param_dtype, rngs) -> nnx.Conv:
     """1x1 conv with bias, mmseg `conv_seg` init (normal std 0.01, bias 0)."""
-    return nnx.Conv(
+    return conv_layer(
         in_channels,
         num_classes,
         (1, 1),

@@ -1,0 +1,164 @@
+"""The models' 2-D convolution: `jax.lax.conv_general_dilated` everywhere but on the CPU, where
+its gradients are rewritten into the two forms XLA:CPU runs fast.
+
+Why: XLA:CPU runs a convolution fast only in the canonical NHWC x HWIO form (Eigen). The
+gradients autodiff makes are other forms: the weight gradient contracts over batch and space
+(`f01b_i01o->01bf`), the input gradient uses the kernel transposed (`01oi`). Outside loops XLA
+rewrites most of them, but inside a `lax.scan` body (models/repeat.py) they stay and go to
+XLA's generic loop emitter: a ResNet-101 train step at 512x512 took over 10 minutes on 2 cores,
+77 % of it in 24 such convolutions (benchmarks/profile_step.py). Here, on the CPU backend:
+  - 1x1 convolutions are matmuls (a strided one subsamples first): both gradients are matmuls;
+  - k x k convolutions (no input dilation, one group) keep XLA's forward convolution, and a
+    custom VJP computes the weight gradient as k*k matmuls of the shifted input with the output
+    gradient, and the input gradient at stride 1 as a canonical convolution with the flipped,
+    transposed kernel, at other strides as k*k matmuls spread back with interior padding.
+Forward values equal XLA's convolution; gradients equal autodiff's to float rounding (tested in
+tests/test_conv.py). Other backends (GPU, TPU) and other convolutions use lax unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax import lax
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def conv_general_dilated(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count=1,
+    precision=None,
+    **kwargs,
+):
+    """Drop-in for `lax.conv_general_dilated` (as `nnx.Conv(conv_general_dilated=...)`)."""
+
+    def plain():
+        return lax.conv_general_dilated(
+            lhs,
+            rhs,
+            window_strides,
+            padding,
+            lhs_dilation=lhs_dilation,
+            rhs_dilation=rhs_dilation,
+            dimension_numbers=dimension_numbers,
+            feature_group_count=feature_group_count,
+            precision=precision,
+            **kwargs,
+        )
+
+    if not _rewritable(lhs, rhs, padding, lhs_dilation, dimension_numbers, feature_group_count):
+        return plain()
+    if kwargs.get("preferred_element_type") is not None or kwargs.get("out_sharding") is not None:
+        return plain()
+    strides = tuple(window_strides)
+    dilation = tuple(rhs_dilation or (1, 1))
+    pads = tuple(tuple(int(p) for p in pair) for pair in padding)
+    kh, kw = rhs.shape[:2]
+    if (kh, kw) == (1, 1) and pads == ((0, 0), (0, 0)):
+        x = lhs[:, :: strides[0], :: strides[1]]
+        return jnp.einsum("bhwc,co->bhwo", x, rhs[0, 0], precision=precision)
+    return _conv_cpu_vjp(lhs, rhs, strides, pads, dilation, precision)
+
+
+def _rewritable(lhs, rhs, padding, lhs_dilation, dimension_numbers, groups) -> bool:
+    if jax.default_backend() != "cpu" or groups != 1 or isinstance(padding, str):
+        return False
+    if lhs.ndim != 4 or rhs.ndim != 4 or any(d != 1 for d in (lhs_dilation or (1, 1))):
+        return False
+    nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+    given = (
+        dimension_numbers
+        if dimension_numbers is None or isinstance(dimension_numbers, lax.ConvDimensionNumbers)
+        else lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    )
+    return given == nhwc
+
+
+def _forward(x, w, strides, pads, dilation, precision):
+    return lax.conv_general_dilated(
+        x, w, strides, pads, rhs_dilation=dilation, dimension_numbers=_NHWC, precision=precision
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv_cpu_vjp(x, w, strides, pads, dilation, precision):
+    """[B,H,W,I] x [kh,kw,I,O] -> [B,H',W',O]: XLA's convolution, CPU-friendly gradients."""
+    return _forward(x, w, strides, pads, dilation, precision)
+
+
+def _conv_cpu_fwd(x, w, strides, pads, dilation, precision):
+    return _forward(x, w, strides, pads, dilation, precision), (x, w)
+
+
+def _conv_cpu_bwd(strides, pads, dilation, precision, residuals, g):
+    x, w = residuals
+    return (
+        _input_grad(x, w, g, strides, pads, dilation, precision),
+        _weight_grad(x, g, w.shape, strides, pads, dilation, precision),
+    )
+
+
+_conv_cpu_vjp.defvjp(_conv_cpu_fwd, _conv_cpu_bwd)
+
+
+def _weight_grad(x, g, w_shape, strides, pads, dilation, precision):
+    """dW[i,j] = (the input rows tap (i,j) reads)^T g: one [I,O] matmul per tap."""
+    kh, kw, _, _ = w_shape
+    _, ho, wo, _ = g.shape
+    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    taps = []
+    for i in range(kh):
+        for j in range(kw):
+            r, c = i * dilation[0], j * dilation[1]
+            rows = xp[:, r : r + strides[0] * (ho - 1) + 1 : strides[0]]
+            window = rows[:, :, c : c + strides[1] * (wo - 1) + 1 : strides[1]]
+            taps.append(jnp.einsum("bhwi,bhwo->io", window, g, precision=precision))
+    return jnp.stack(taps).reshape(w_shape).astype(x.dtype)
+
+
+def _input_grad(x, w, g, strides, pads, dilation, precision):
+    """At stride 1 with padding <= the kernel's reach: the forward convolution of g with the
+    flipped kernel, inputs and outputs swapped (canonical form). Otherwise one matmul per tap,
+    g @ W[tap]^T, spread back over the rows the tap read (lax.pad with interior zeros)."""
+    kh, kw, _, _ = w.shape
+    reach = (dilation[0] * (kh - 1), dilation[1] * (kw - 1))
+    if strides == (1, 1) and all(p <= r for pair, r in zip(pads, reach, strict=True) for p in pair):
+        flipped = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
+        back_pads = tuple((r - lo, r - hi) for (lo, hi), r in zip(pads, reach, strict=True))
+        return _forward(g, flipped, (1, 1), back_pads, dilation, precision).astype(x.dtype)
+    _, h, wd, _ = x.shape
+    _, ho, wo, _ = g.shape
+    hp, wp = h + sum(pads[0]), wd + sum(pads[1])
+    zero = jnp.zeros((), g.dtype)
+    total = None
+    for i in range(kh):
+        for j in range(kw):
+            r, c = i * dilation[0], j * dilation[1]
+            part = jnp.einsum("bhwo,io->bhwi", g, w[i, j], precision=precision)
+            spread = lax.pad(
+                part,
+                zero,
+                (
+                    (0, 0, 0),
+                    (r, hp - r - strides[0] * (ho - 1) - 1, strides[0] - 1),
+                    (c, wp - c - strides[1] * (wo - 1) - 1, strides[1] - 1),
+                    (0, 0, 0),
+                ),
+            )
+            total = spread if total is None else total + spread
+    return total[:, pads[0][0] : pads[0][0] + h, pads[1][0] : pads[1][0] + wd].astype(x.dtype)
+
+
+def conv_layer(*args, **kwargs) -> nnx.Conv:
+    """`nnx.Conv(*args, **kwargs)` running `conv_general_dilated` above (same parameters)."""
+    return nnx.Conv(*args, conv_general_dilated=conv_general_dilated, **kwargs)

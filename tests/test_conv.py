@@ -1,0 +1,99 @@
+"""models/conv.py: the CPU convolution equals lax.conv_general_dilated in value and gradients,
+and leaves XLA:CPU no convolution in a non-canonical form (no loop-emitter fallback)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from msc_seg.models import conv as conv_lib
+
+CASES = [  # (kernel, stride, dilation, padding, in, out)
+    (3, 1, 1, 1, 5, 7),
+    (3, 2, 1, 1, 5, 7),
+    (3, 1, 2, 2, 4, 6),
+    (3, 1, 3, 1, 4, 6),  # padding smaller than the reach
+    (7, 2, 1, 3, 3, 8),  # a stem
+    (1, 1, 1, 0, 6, 5),
+    (1, 2, 1, 0, 6, 5),
+    (4, 4, 1, 0, 3, 8),  # a patch embedding
+    (3, 2, 1, 0, 4, 4),  # no padding, odd size
+]
+
+
+def _reference(x, w, stride, dilation, padding):
+    return jax.lax.conv_general_dilated(
+        x,
+        w,
+        (stride, stride),
+        ((padding, padding), (padding, padding)),
+        rhs_dilation=(dilation, dilation),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision="highest",
+    )
+
+
+def _ours(x, w, stride, dilation, padding):
+    return conv_lib.conv_general_dilated(
+        x,
+        w,
+        (stride, stride),
+        ((padding, padding), (padding, padding)),
+        rhs_dilation=(dilation, dilation),
+        dimension_numbers=jax.lax.conv_dimension_numbers(
+            x.shape, w.shape, ("NHWC", "HWIO", "NHWC")
+        ),
+        precision="highest",
+    )
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "k{}s{}d{}p{}".format(*c[:4]))
+def test_cpu_convolution_equals_lax_in_value_and_both_gradients(case):
+    k, stride, dilation, padding, cin, cout = case
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((2, 13, 11, cin), np.float32))
+    w = jnp.asarray(rng.standard_normal((k, k, cin, cout), np.float32))
+    y_ref, vjp_ref = jax.vjp(lambda x, w: _reference(x, w, stride, dilation, padding), x, w)
+    y, vjp = jax.vjp(lambda x, w: _ours(x, w, stride, dilation, padding), x, w)
+    g = jnp.asarray(rng.standard_normal(y_ref.shape, np.float32))
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+    for got, want in zip(vjp(g), vjp_ref(g), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_scan_body_gradients_leave_no_convolution_to_the_loop_emitter():
+    """In a lax.scan body, autodiff's conv gradients were non-canonical and XLA:CPU ran them in
+    its generic loop emitter (backend_config outer_dimension_partitions); ours are not."""
+
+    def body(x, w):
+        y = conv_lib.conv_general_dilated(
+            x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        return jnp.tanh(y), None
+
+    def loss(x, ws):
+        return jax.lax.scan(body, x, ws)[0].sum()
+
+    x = jnp.ones((2, 8, 8, 4))
+    ws = jnp.ones((3, 3, 3, 4, 4)) * 0.1
+    hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, ws).compile().as_text()
+    convs = [line for line in hlo.splitlines() if " convolution(" in line]
+    assert convs, "expected the forward convolution in the program"
+    assert not [c for c in convs if "outer_dimension_partitions" in c], convs
+
+
+def test_nnx_conv_with_the_cpu_convolution_keeps_its_parameters_and_values():
+    rngs = nnx.Rngs(0)
+    plain = nnx.Conv(4, 6, (3, 3), padding=((1, 1), (1, 1)), rngs=nnx.Rngs(0))
+    ours = nnx.Conv(
+        4,
+        6,
+        (3, 3),
+        padding=((1, 1), (1, 1)),
+        conv_general_dilated=conv_lib.conv_general_dilated,
+        rngs=rngs,
+    )
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((1, 9, 9, 4), np.float32))
+    assert jax.tree.map(jnp.shape, nnx.state(plain)) == jax.tree.map(jnp.shape, nnx.state(ours))
+    np.testing.assert_allclose(ours(x), plain(x), rtol=1e-5, atol=1e-5)
