@@ -30,8 +30,9 @@ The machine may be shared: the load average at start and end is printed with the
 `--resume` keeps the successful rows of the same batch / size / dtype already in the --json file
 and runs only the other models (e.g. after one was killed for memory), then prints the full table.
 The table goes to stdout; progress and the children's logs go to stderr.
---torch-peer: then, for each UPerNet-Swin of --models, our train step against HF transformers'
-PyTorch UperNetForSemanticSegmentation on the same cores, steps alternated (torch_peer.py).
+--torch-peer: then, for the UPerNet-Swins of --models named in --torch-peer-models (Swin-T by
+default), our train step against HF transformers' PyTorch UperNetForSemanticSegmentation on the
+same cores, steps alternated (torch_peer.py).
 """
 
 from __future__ import annotations
@@ -647,8 +648,9 @@ def main(argv=None) -> None:
 def run_torch_peer(args) -> None:
     """The torch_peer.py comparison for each UPerNet-Swin of --models (step time and memory)."""
     rows = []
+    chosen = args.torch_peer_models.split(",")
     for name in args.model_list:
-        if MODELS[name].name != "upernet":
+        if MODELS[name].name != "upernet" or (name not in chosen and chosen != ["all"]):
             continue
         peer_args = argparse.Namespace(
             backbone=MODELS[name].backbone,

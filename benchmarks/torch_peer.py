@@ -242,6 +242,11 @@ def format_rows(rows: list[dict], batch: int, size: int) -> str:
 
 def add_arguments(parser) -> None:
     parser.add_argument(
+        "--torch-peer-models",
+        default="upernet_swin_t",
+        help="--torch-peer: the UPerNet-Swins of --models to compare (comma list; all: every one)",
+    )
+    parser.add_argument(
         "--torch-contrastive-weights",
         default="0.1,0",
         help="--torch-peer: our contrastive weights to compare (0 = the torch step's losses)",

@@ -19,7 +19,13 @@ CASES = [  # (kernel, stride, dilation, padding, in, out)
     (1, 2, 1, 0, 6, 5),
     (4, 4, 1, 0, 3, 8),  # a patch embedding
     (3, 2, 1, 0, 4, 4),  # no padding, odd size
+    (3, 1, 1, "SAME", 4, 4),
+    (1, 1, 1, "SAME", 4, 4),  # the projectors
 ]
+
+
+def _pads(padding):
+    return padding if isinstance(padding, str) else ((padding, padding), (padding, padding))
 
 
 def _reference(x, w, stride, dilation, padding):
@@ -27,7 +33,7 @@ def _reference(x, w, stride, dilation, padding):
         x,
         w,
         (stride, stride),
-        ((padding, padding), (padding, padding)),
+        _pads(padding),
         rhs_dilation=(dilation, dilation),
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
         precision="highest",
@@ -39,7 +45,7 @@ def _ours(x, w, stride, dilation, padding):
         x,
         w,
         (stride, stride),
-        ((padding, padding), (padding, padding)),
+        _pads(padding),
         rhs_dilation=(dilation, dilation),
         dimension_numbers=jax.lax.conv_dimension_numbers(
             x.shape, w.shape, ("NHWC", "HWIO", "NHWC")

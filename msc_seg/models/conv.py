@@ -56,22 +56,24 @@ def conv_general_dilated(
             **kwargs,
         )
 
-    if not _rewritable(lhs, rhs, padding, lhs_dilation, dimension_numbers, feature_group_count):
+    if not _rewritable(lhs, rhs, lhs_dilation, dimension_numbers, feature_group_count):
         return plain()
     if kwargs.get("preferred_element_type") is not None or kwargs.get("out_sharding") is not None:
         return plain()
     strides = tuple(window_strides)
     dilation = tuple(rhs_dilation or (1, 1))
-    pads = tuple(tuple(int(p) for p in pair) for pair in padding)
     kh, kw = rhs.shape[:2]
+    if isinstance(padding, str):  # "SAME" / "VALID" -> explicit (low, high) pairs
+        reach = ((kh - 1) * dilation[0] + 1, (kw - 1) * dilation[1] + 1)
+        padding = lax.padtype_to_pads(lhs.shape[1:3], reach, strides, padding)
+    pads = tuple(tuple(int(p) for p in pair) for pair in padding)
     if (kh, kw) == (1, 1) and pads == ((0, 0), (0, 0)):
-        x = lhs[:, :: strides[0], :: strides[1]]
-        return jnp.einsum("bhwc,co->bhwo", x, rhs[0, 0], precision=precision)
+        return _conv1x1(lhs[:, :: strides[0], :: strides[1]], rhs, precision)
     return _conv_cpu_vjp(lhs, rhs, strides, pads, dilation, precision)
 
 
-def _rewritable(lhs, rhs, padding, lhs_dilation, dimension_numbers, groups) -> bool:
-    if jax.default_backend() != "cpu" or groups != 1 or isinstance(padding, str):
+def _rewritable(lhs, rhs, lhs_dilation, dimension_numbers, groups) -> bool:
+    if jax.default_backend() != "cpu" or groups != 1:
         return False
     if lhs.ndim != 4 or rhs.ndim != 4 or any(d != 1 for d in (lhs_dilation or (1, 1))):
         return False
@@ -82,6 +84,32 @@ def _rewritable(lhs, rhs, padding, lhs_dilation, dimension_numbers, groups) -> b
         else lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
     )
     return given == nhwc
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv1x1(x, w, precision):
+    """[B,H,W,I] x [1,1,I,O] -> [B,H,W,O] as a matmul (both gradients matmuls, see below)."""
+    return jnp.einsum("bhwi,io->bhwo", x, w[0, 0], precision=precision)
+
+
+def _conv1x1_fwd(x, w, precision):
+    return _conv1x1(x, w, precision), (x, w)
+
+
+def _conv1x1_bwd(precision, residuals, g):
+    x, w = residuals
+    dx = jnp.einsum("bhwo,io->bhwi", g, w[0, 0], precision=precision)
+    return dx.astype(x.dtype), _matmul_weight_grad(x, g, precision)[None, None].astype(w.dtype)
+
+
+_conv1x1.defvjp(_conv1x1_fwd, _conv1x1_bwd)
+
+
+def _matmul_weight_grad(x, g, precision):
+    """sum over b,h,w of x^T g -> [I,O], computed as (g^T x)^T: XLA:CPU's matmul wants its
+    contraction last on the left, so the (smaller) output gradient is the one it transposes,
+    once for every tap, rather than each tap's input window (a 9x larger copy at 2048 in)."""
+    return jnp.einsum("bhwo,bhwi->oi", g, x, precision=precision).T
 
 
 def _forward(x, w, strides, pads, dilation, precision):
@@ -122,7 +150,7 @@ def _weight_grad(x, g, w_shape, strides, pads, dilation, precision):
             r, c = i * dilation[0], j * dilation[1]
             rows = xp[:, r : r + strides[0] * (ho - 1) + 1 : strides[0]]
             window = rows[:, :, c : c + strides[1] * (wo - 1) + 1 : strides[1]]
-            taps.append(jnp.einsum("bhwi,bhwo->io", window, g, precision=precision))
+            taps.append(_matmul_weight_grad(window, g, precision))
     return jnp.stack(taps).reshape(w_shape).astype(x.dtype)
 
 
