@@ -1,0 +1,60 @@
+"""FLOPs of one train step of the paper models, XLA's count of the lowered program (for MFU).
+
+    python benchmarks/train_flops.py [--models deeplabv3,hrnet,...] [--batch 16] [--size 512]
+        [--dtype bfloat16] [--contrastive-weights 0.1,0]
+
+A GPU-compiled program hides its convolutions and matmuls in cuDNN / cuBLAS calls, so its cost
+analysis counts far too few FLOPs (and jax 0.11's GPU `Lowered.cost_analysis()` returns none):
+run this with JAX_PLATFORMS=cpu to count them from the lowered program, without building weights
+(abstract state) or compiling. Same configs as benchmarks/models.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="deeplabv3,hrnet,ocrnet,upernet_swin_t")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--contrastive-weights", default="0.1")
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import jax
+    import jax.numpy as jnp
+    import models as bench  # benchmarks/models.py
+
+    from msc_seg import config_lib, experiment
+    from msc_seg import mesh as mesh_lib
+
+    backend = jax.default_backend()
+    print(f"batch {args.batch}, {args.size}x{args.size}, {args.dtype}, backend {backend}")
+    print("| model | contrastive weight | TFLOP per train step |\n|---|---|---|")
+    for name in args.models.split(","):
+        for weight in map(float, args.contrastive_weights.split(",")):
+            config = bench.make_benchmark_config(
+                bench.MODELS[name], args.batch, args.size, args.dtype, weight
+            )
+            config_lib.validate(config, experiment.runtime_facts())
+            parts = experiment.build_train_parts(config, bench.NUM_CLASSES, mesh_lib.make_mesh(1))
+            shape = (args.batch, args.size, args.size)
+            batch = {
+                "image": jax.ShapeDtypeStruct((*shape, 3), jnp.float32),
+                "label": jax.ShapeDtypeStruct(shape, jnp.int32),
+            }
+            lowered = parts.train_step.lower(parts.abstract_state, batch, jax.random.key(0))
+            flops = bench.compiled_flops(lowered)
+            text = "-" if flops is None else f"{flops / 1e12:.2f}"
+            print(f"| {bench.MODELS[name].label} | {weight:g} | {text} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
