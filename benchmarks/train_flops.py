@@ -6,7 +6,8 @@
 A GPU-compiled program hides its convolutions and matmuls in cuDNN / cuBLAS calls, so its cost
 analysis counts far too few FLOPs (and jax 0.11's GPU `Lowered.cost_analysis()` returns none):
 run this with JAX_PLATFORMS=cpu to count them from the lowered program, without building weights
-(abstract state) or compiling. Same configs as benchmarks/models.py.
+(abstract state) or compiling. Same configs as benchmarks/models.py, with `model.scan_blocks`
+off: the cost analysis counts a scanned body once.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ def main() -> None:
             config = bench.make_benchmark_config(
                 bench.MODELS[name], args.batch, args.size, args.dtype, weight
             )
+            # XLA's cost analysis counts a while loop's body once, whatever its trip count:
+            # unroll the scanned blocks (same FLOPs, a larger program) so that all are counted.
+            config.model.scan_blocks = False
             config_lib.validate(config, experiment.runtime_facts())
             parts = experiment.build_train_parts(config, bench.NUM_CLASSES, mesh_lib.make_mesh(1))
             shape = (args.batch, args.size, args.size)
