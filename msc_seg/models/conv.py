@@ -6,7 +6,7 @@ gradients autodiff makes are other forms: the weight gradient contracts over bat
 (`f01b_i01o->01bf`), the input gradient uses the kernel transposed (`01oi`). Outside loops XLA
 rewrites most of them, but inside a `lax.scan` body (models/repeat.py) they stay and go to
 XLA's generic loop emitter: a ResNet-101 train step at 512x512 took over 10 minutes on 2 cores,
-77 % of it in 24 such convolutions (benchmarks/profile_step.py). Here, on the CPU backend:
+75 % of it in 24 such convolutions (benchmarks/profile_step.py). Here, on the CPU backend:
   - 1x1 convolutions are matmuls (a strided one subsamples first): both gradients are matmuls;
   - k x k convolutions (no input dilation, one group) keep XLA's forward convolution, and a
     custom VJP computes the weight gradient as k*k matmuls of the shifted input with the output
