@@ -8,7 +8,7 @@ Cases (UPerNet at a 512x512 crop, stride 4 = 128x128, the widths of configs/ade2
   bottleneck  [B,128,128,2048] -> 512, 3x3 (fpn_bottleneck over the 4 concatenated levels)
   fpn         [B,128,128,512] -> 512, 3x3 (the finest fpn_conv)
 Methods (all float32, stride 1, "same" padding; each is checked against `conv` first):
-  conv     jax.lax.conv_general_dilated, NHWC / HWIO (what nnx.Conv runs)
+  conv     jax.lax.conv_general_dilated, NHWC / HWIO, autodiff gradients (nnx.Conv before conv.py)
   dot_in   sum over the 9 taps of shift(x) @ W[tap]: 9 matmuls, the input shifted
   dot_out  x @ W[all taps] as one matmul to [B,H,W,9*out], then the 9 shifted slices summed
   msc_seg  msc_seg/models/conv.py (on the CPU: XLA's forward, gradients as matmuls / canonical)
@@ -71,52 +71,10 @@ def conv_dot_out(x, w):
     return y
 
 
-def _taps_weight_grad(x, g, kh, kw):
-    """dW[i,j] = shift_(i,j)(x)^T g: 9 matmuls over the B*H*W rows. -> [kh,kw,in,out]."""
-    import jax.numpy as jnp
-
-    _, h, wd, _ = x.shape
-    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    taps = [
-        jnp.einsum("bhwc,bhwo->co", xp[:, i : i + h, j : j + wd], g)
-        for i in range(kh)
-        for j in range(kw)
-    ]
-    return jnp.stack(taps).reshape(kh, kw, x.shape[-1], g.shape[-1])
-
-
-def _make_conv_vjp(input_grad: str):
-    """lax.conv forward; backward: dW as 9 tap matmuls, dx as `input_grad`: "conv" (XLA's
-    transposed convolution) or "dots" (sum over taps of the shifted g @ W[tap]^T)."""
-
-    import jax.numpy as jnp
-
-    @jax.custom_vjp
-    def f(x, w):
-        return conv_lax(x, w)
-
-    def fwd(x, w):
-        return conv_lax(x, w), (x, w)
-
-    def bwd(res, g):
-        x, w = res
-        kh, kw, _, _ = w.shape
-        if input_grad == "conv":
-            dx = conv_lax(g, jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2))
-        else:
-            dx = conv_dot_in(g, jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2))
-        return dx, _taps_weight_grad(x, g, kh, kw)
-
-    f.defvjp(fwd, bwd)
-    return f
-
-
 METHODS = {
     "conv": conv_lax,
     "dot_in": conv_dot_in,
     "dot_out": conv_dot_out,
-    "vjp_conv_dw_dots": _make_conv_vjp("conv"),
-    "vjp_dots": _make_conv_vjp("dots"),
     "msc_seg": lambda x, w: conv_lib.conv_general_dilated(
         x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
     ),

@@ -112,6 +112,24 @@ def make_benchmark_config(
     return c
 
 
+def build_benchmark_parts(
+    name: str, batch: int, size: int, dtype: str, contrastive_weight: float = 0.1, **model_fields
+):
+    """-> (config, mesh, parts): model `name`'s benchmark config (make_benchmark_config, then
+    `model_fields` set on config.model), validated, a 1-device mesh, and the real train parts
+    (experiment.build_train_parts: model, optimizer, objective, jitted train step)."""
+    from msc_seg import config_lib, experiment
+    from msc_seg import mesh as mesh_lib
+
+    config = make_benchmark_config(MODELS[name], batch, size, dtype, contrastive_weight)
+    for field, value in model_fields.items():
+        setattr(config.model, field, value)
+    # The cross-field checks only: the dataset registry (TensorFlow) is not needed here.
+    config_lib.validate(config, experiment.runtime_facts())
+    mesh = mesh_lib.make_mesh(config.mesh.data)
+    return config, mesh, experiment.build_train_parts(config, NUM_CLASSES, mesh)
+
+
 def load_ade20k_upernet(backbone: str):
     """configs/ade20k_upernet.py with `backbone` (swin_t | swin_s | swin_b | swin_l)."""
     import importlib.util
@@ -296,20 +314,16 @@ def benchmark_one_model(name: str, args, save) -> dict:
     running), so that a child killed for memory in the train step still reports its forward."""
     import jax
 
-    from msc_seg import config_lib, experiment
     from msc_seg import mesh as mesh_lib
     from msc_seg.train_state import count_params
 
     case = MODELS[name]
-    config = make_benchmark_config(case, args.batch, args.size, args.dtype, args.contrastive_weight)
-    # The cross-field checks only: the dataset registry (TensorFlow) is not needed here.
-    config_lib.validate(config, experiment.runtime_facts())
-    mesh = mesh_lib.make_mesh(config.mesh.data)
-    batch = mesh_lib.host_batch_to_global(make_synthetic_batch(args.batch, args.size), mesh)
-    rss_after_imports = peak_host_rss_bytes()
-
     t = time.perf_counter()
-    parts = experiment.build_train_parts(config, NUM_CLASSES, mesh)
+    config, mesh, parts = build_benchmark_parts(
+        name, args.batch, args.size, args.dtype, args.contrastive_weight
+    )
+    batch = mesh_lib.host_batch_to_global(make_synthetic_batch(args.batch, args.size), mesh)
+    rss_after_imports = peak_host_rss_bytes()  # the baseline: before the weights are created
     model_def = parts.model_def
     state = jax.block_until_ready(parts.create_state())
     init_s = time.perf_counter() - t

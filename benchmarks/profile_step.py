@@ -92,17 +92,12 @@ def main() -> None:
     import jax
     import models as bench  # benchmarks/models.py
 
-    from msc_seg import config_lib, experiment
     from msc_seg import mesh as mesh_lib
 
-    case = bench.MODELS[args.model]
-    config = bench.make_benchmark_config(
-        case, args.batch, args.size, args.dtype, args.contrastive_weight
+    config, mesh, parts = bench.build_benchmark_parts(
+        args.model, args.batch, args.size, args.dtype, args.contrastive_weight
     )
-    config_lib.validate(config, experiment.runtime_facts())
-    mesh = mesh_lib.make_mesh(config.mesh.data)
     batch = mesh_lib.host_batch_to_global(bench.make_synthetic_batch(args.batch, args.size), mesh)
-    parts = experiment.build_train_parts(config, bench.NUM_CLASSES, mesh)
     state = jax.block_until_ready(parts.create_state())
     key = jax.random.key(config.seed)
     t = time.perf_counter()

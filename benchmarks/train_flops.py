@@ -13,6 +13,7 @@ off: the cost analysis counts a scanned body once.
 from __future__ import annotations
 
 import argparse
+import json
 import pathlib
 import sys
 
@@ -26,6 +27,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--contrastive-weights", default="0.1")
+    parser.add_argument("--json", default="", help="also write {model: {weight: flops}} here")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -33,22 +35,17 @@ def main() -> None:
     import jax.numpy as jnp
     import models as bench  # benchmarks/models.py
 
-    from msc_seg import config_lib, experiment
-    from msc_seg import mesh as mesh_lib
-
     backend = jax.default_backend()
     print(f"batch {args.batch}, {args.size}x{args.size}, {args.dtype}, backend {backend}")
     print("| model | contrastive weight | TFLOP per train step |\n|---|---|---|")
+    counts = {}
     for name in args.models.split(","):
         for weight in map(float, args.contrastive_weights.split(",")):
-            config = bench.make_benchmark_config(
-                bench.MODELS[name], args.batch, args.size, args.dtype, weight
-            )
             # XLA's cost analysis counts a while loop's body once, whatever its trip count:
             # unroll the scanned blocks (same FLOPs, a larger program) so that all are counted.
-            config.model.scan_blocks = False
-            config_lib.validate(config, experiment.runtime_facts())
-            parts = experiment.build_train_parts(config, bench.NUM_CLASSES, mesh_lib.make_mesh(1))
+            _, _, parts = bench.build_benchmark_parts(
+                name, args.batch, args.size, args.dtype, weight, scan_blocks=False
+            )
             shape = (args.batch, args.size, args.size)
             batch = {
                 "image": jax.ShapeDtypeStruct((*shape, 3), jnp.float32),
@@ -58,6 +55,9 @@ def main() -> None:
             flops = bench.compiled_flops(lowered)
             text = "-" if flops is None else f"{flops / 1e12:.2f}"
             print(f"| {bench.MODELS[name].label} | {weight:g} | {text} |", flush=True)
+            counts.setdefault(name, {})[f"{weight:g}"] = flops
+            if args.json:  # after every row, so a run stopped early keeps what it counted
+                pathlib.Path(args.json).write_text(json.dumps(counts, indent=1))
 
 
 if __name__ == "__main__":
