@@ -60,7 +60,8 @@ LABEL_BLOCK = 32  # labels are constant on LABEL_BLOCK x LABEL_BLOCK blocks
 CLASSES_PER_IMAGE = 12
 SCALE_WEIGHTS = (1.0, 0.7, 0.4, 0.1)  # the paper's within-scale weights, finest first
 GIB = 1024**3
-SETTINGS = ("batch", "size", "dtype")  # rows with equal settings are comparable (--resume)
+# rows with equal settings are comparable (--resume)
+SETTINGS = ("batch", "size", "dtype", "model_kwargs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -320,7 +321,12 @@ def benchmark_one_model(name: str, args, save) -> dict:
     case = MODELS[name]
     t = time.perf_counter()
     config, mesh, parts = build_benchmark_parts(
-        name, args.batch, args.size, args.dtype, args.contrastive_weight
+        name,
+        args.batch,
+        args.size,
+        args.dtype,
+        args.contrastive_weight,
+        **parse_model_kwargs(args.model_kwargs),
     )
     batch = mesh_lib.host_batch_to_global(make_synthetic_batch(args.batch, args.size), mesh)
     rss_after_imports = peak_host_rss_bytes()  # the baseline: before the weights are created
@@ -400,6 +406,7 @@ def run_child(name: str, args) -> dict:
         f"--repeats={repeats_for(name, args)}",
         f"--warmup={args.warmup}",
         f"--contrastive-weight={args.contrastive_weight}",
+        f"--model-kwargs={args.model_kwargs}",
     ]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
     t = time.perf_counter()
@@ -431,6 +438,7 @@ def run_child(name: str, args) -> dict:
     result["repeats"] = repeats_for(name, args)
     result |= {"batch": args.batch, "size": args.size, "dtype": args.dtype}
     result["contrastive_weight"] = args.contrastive_weight
+    result["model_kwargs"] = args.model_kwargs
     return result
 
 
@@ -466,8 +474,8 @@ def describe_exit(returncode: int, phase: str, rss_seen: int) -> str:
 
 
 def load_previous_results(args) -> dict[str, dict]:
-    """For --resume: the successful rows of the --json file measured with the same batch, size
-    and dtype (a row that does not record a setting is taken as matching), by model."""
+    """For --resume: the successful rows of the --json file measured with the same batch, size,
+    dtype and model fields (a row that does not record a setting is taken as matching), by model."""
     path = pathlib.Path(args.json)
     if not (args.resume and path.exists()):
         return {}
@@ -539,7 +547,8 @@ def format_report(results: list[dict], args, wall_s: float, load: tuple) -> str:
         machine_line(results),
         f"load average (1 min) at start {load[0]:.2f}, at end {load[1]:.2f} "
         "(the machine may be shared with other jobs)",
-        f"settings: batch {args.batch}, {args.size}x{args.size}, {args.dtype}, 150 classes, "
+        f"settings: batch {args.batch}, {args.size}x{args.size}, {args.dtype}, model fields "
+        f"{args.model_kwargs or '-'}, 150 classes, "
         f"synthetic data; median of timed runs after {args.warmup} warm-up; total wall "
         f"{wall_s / 60:.1f} min (this invocation), "
         f"{sum(r['wall_s'] for r in results) / 60:.1f} min (sum over the models' subprocesses)",
@@ -579,6 +588,15 @@ def parse_overrides(text: str) -> dict[str, int]:
     return out
 
 
+def parse_model_kwargs(text: str) -> dict:
+    """'remat=blocks,scan_blocks=False' -> {'remat': 'blocks', 'scan_blocks': False}."""
+    out = {}
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        out[key] = {"True": True, "False": False}.get(value, value)
+    return out
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -597,6 +615,11 @@ def parse_args(argv=None):
         type=float,
         default=0.1,
         help="weight of MS+CS in the step (0: CE only, for the contrastive share of the step)",
+    )
+    parser.add_argument(
+        "--model-kwargs",
+        default="",
+        help="config.model fields for every model, e.g. remat=blocks (the memory savers' table)",
     )
     parser.add_argument("--timeout", type=float, default=3 * 3600, help="seconds per model")
     parser.add_argument(

@@ -85,12 +85,9 @@ COUNTED_OPS = ("convolution", "dot_general", "while", "gather", "select", "reduc
 
 
 def parse_model_kwargs(text: str) -> dict:
-    """'remat=blocks,scan_blocks=False' -> {'remat': 'blocks', 'scan_blocks': False}."""
-    out = {}
-    for item in filter(None, text.split(",")):
-        key, _, value = item.partition("=")
-        out[key] = {"True": True, "False": False}.get(value, value)
-    return out
+    import models as bench  # benchmarks/models.py
+
+    return bench.parse_model_kwargs(text)
 
 
 WHERE_GUARD = "new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)"

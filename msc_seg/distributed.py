@@ -16,6 +16,7 @@ heartbeat timeout) and the CPU collectives (gloo), so that localhost CPU runs wo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -171,11 +172,12 @@ def initialize(launch: Launch, *, peer_timeout_s: int, connect_timeout_s: int) -
     # explicitly for the ones where it is not).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
-        jax.distributed.initialize(
-            **launch.kwargs(),
-            initialization_timeout=int(connect_timeout_s),
-            heartbeat_timeout_seconds=jax_heartbeat_timeout(peer_timeout_s),
-        )
+        with _coordinator_loss_reported():
+            jax.distributed.initialize(
+                **launch.kwargs(),
+                initialization_timeout=int(connect_timeout_s),
+                heartbeat_timeout_seconds=jax_heartbeat_timeout(peer_timeout_s),
+            )
         _start_backend_in_step()
     except ValueError as e:
         field = missing_from_jax_error(e)
@@ -186,6 +188,71 @@ def initialize(launch: Launch, *, peer_timeout_s: int, connect_timeout_s: int) -
             f"{_name(field)}; pass {_name('coordinator_address')}, {_name('num_processes')} "
             f"and {_name('process_id')} (docs/SCALING.md)"
         ) from None
+
+
+@contextlib.contextmanager
+def _coordinator_loss_reported():
+    """While JAX creates its distributed client: the client's fatal "coordination service
+    error" path (taken at once when process 0, which hosts the service, dies) ends this process
+    with our one-line report instead of JAX's abort.
+
+    How: JAX's client takes a `missed_heartbeat_callback` (default: LOG(QFATAL), exit 134 with
+    a C++ message). The binding cannot hand the status to Python (a std::bad_cast), so any
+    Python callback ends in std::terminate; a terminate handler installed here (ctypes, the C++
+    runtime's `std::set_terminate`) writes the report and exits with PEER_LOST_EXIT_CODE.
+    Where either piece is unavailable (another C++ runtime, another jaxlib signature) JAX's own
+    behaviour stays."""
+    from jax._src import distributed as jax_distributed
+
+    module = jax_distributed._jax
+    original = module.get_distributed_runtime_client
+    if not _install_terminate_report():
+        yield
+        return
+
+    def client_with_callback(*args, **kwargs):
+        try:
+            return original(*args, missed_heartbeat_callback=_coordinator_lost, **kwargs)
+        except TypeError:  # a jaxlib without the argument
+            return original(*args, **kwargs)
+
+    module.get_distributed_runtime_client = client_with_callback
+    try:
+        yield
+    finally:
+        module.get_distributed_runtime_client = original
+
+
+def _coordinator_lost(*_status) -> None:
+    # Reached only by a jaxlib whose binding converts the status; today's go to on_terminate.
+    report_peer_lost("task:0 (the coordinator) reported an error or is unreachable")
+
+
+_terminate_handler = None  # keeps the ctypes callback alive
+
+
+def _install_terminate_report() -> bool:
+    global _terminate_handler
+    import ctypes
+
+    try:
+        runtime = ctypes.CDLL("libstdc++.so.6")
+        set_terminate = runtime._ZSt13set_terminatePFvvE
+    except (OSError, AttributeError):
+        return False
+    handler_type = ctypes.CFUNCTYPE(None)
+
+    def on_terminate() -> None:
+        # JAX's distributed client polls the coordination service; the first failed poll (the
+        # coordinator is gone, or it reports a dead task) arrives here. A peer other than
+        # process 0 that dies is named earlier by PeerWatch (JAX's heartbeat timeout is longer).
+        report_peer_lost("task:0 (the coordinator) unreachable: the coordination service failed")
+
+    _terminate_handler = handler_type(on_terminate)
+    set_terminate.restype = ctypes.c_void_p
+    set_terminate.argtypes = [handler_type]
+    set_terminate(_terminate_handler)
+    return True
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,6 +9,13 @@ from flax import nnx
 
 from msc_seg.models import conv as conv_lib
 
+
+@pytest.fixture(autouse=True)
+def rewrite_every_convolution(monkeypatch):
+    """These shapes are tiny: lower the size threshold so that the rewrite is what runs."""
+    monkeypatch.setattr(conv_lib, "MIN_REWRITE_FLOPS", 0)
+
+
 CASES = [  # (kernel, stride, dilation, padding, in, out)
     (3, 1, 1, 1, 5, 7),
     (3, 2, 1, 1, 5, 7),
@@ -106,3 +113,15 @@ def test_nnx_conv_with_the_cpu_convolution_keeps_its_parameters_and_values():
     x = jnp.asarray(np.random.default_rng(1).standard_normal((1, 9, 9, 4), np.float32))
     assert jax.tree.map(jnp.shape, nnx.state(plain)) == jax.tree.map(jnp.shape, nnx.state(ours))
     np.testing.assert_allclose(ours(x), plain(x), rtol=1e-5, atol=1e-5)
+
+
+def test_small_convolutions_stay_lax_and_large_ones_are_rewritten(monkeypatch):
+    """Below MIN_REWRITE_FLOPS the program is lax's own (no custom VJP, fast to compile)."""
+    monkeypatch.setattr(conv_lib, "MIN_REWRITE_FLOPS", 2 * 2 * 8 * 8 * 9 * 4 * 4)
+    w = jnp.ones((3, 3, 4, 4))
+
+    def jaxpr(x):
+        return str(jax.make_jaxpr(lambda x: _ours(x, w, 1, 1, 1))(x))
+
+    assert "custom_vjp" not in jaxpr(jnp.ones((2, 8, 7, 4)))  # one row short of the threshold
+    assert "custom_vjp" in jaxpr(jnp.ones((2, 8, 8, 4)))

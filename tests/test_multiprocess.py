@@ -52,7 +52,8 @@ def _env(devices: int) -> dict:
     return env
 
 
-def _flags(workdir, data_dir, cache, steps: int, nproc: int) -> list[str]:
+def _flags(workdir, data_dir, cache, steps: int, nproc: int, evaluate: bool = True) -> list[str]:
+    """evaluate=False: no periodic evaluation (run 1 checks it; the others skip its compile)."""
     return [
         sys.executable,
         "-m",
@@ -65,7 +66,7 @@ def _flags(workdir, data_dir, cache, steps: int, nproc: int) -> list[str]:
         "--config.model.aux_channels=8",
         "--config.model.embedding_dim=16",
         "--config.log_every_steps=1",
-        "--config.eval_every_steps=2",
+        f"--config.eval_every_steps={2 if evaluate else 1000}",
         "--config.checkpoint_every_steps=2",
         "--config.eval.batch_size=8",
         "--config.eval.max_examples=8",
@@ -176,7 +177,12 @@ def test_pod_of_two_processes_trains_evaluates_stops_resumes_and_reports_a_dead_
 
     # 2. a fresh 1 x 8 run (same total_steps, so the same learning-rate schedule) sees the same
     # global batches: equal losses.
-    single = Pod(tmp_path, "single", 1, _flags(single_dir, data_dir, cache, steps=200, nproc=1))
+    single = Pod(
+        tmp_path,
+        "single",
+        1,
+        _flags(single_dir, data_dir, cache, steps=200, nproc=1, evaluate=False),
+    )
     try:
         single.wait_for(0, "step 3/200", timeout=900)
         single.procs[0].send_signal(signal.SIGTERM)
@@ -187,19 +193,30 @@ def test_pod_of_two_processes_trains_evaluates_stops_resumes_and_reports_a_dead_
     for step in (1, 2, 3):
         np.testing.assert_allclose(single_losses[step], pod_losses[step], rtol=2e-4)
 
-    # 3. 1 x 8 resumes the pod's workdir.
-    resume = Pod(
-        tmp_path, "resume1x8", 1, _flags(pod_dir, data_dir, cache, steps=stop + 1, nproc=1)
-    )
-    assert resume.wait(timeout=900) == [0], resume.log(0)[-3000:]
+    # 3. 1 x 8 resumes the pod's workdir for two steps or more, then is stopped (the program of
+    # run 2: its compiles come from the persistent cache).
+    flags = _flags(pod_dir, data_dir, cache, steps=200, nproc=1, evaluate=False)
+    resume = Pod(tmp_path, "resume1x8", 1, flags)
+    try:
+        # A run's first step prints no line (its rate would include the compile).
+        resume.wait_for(0, f"step {stop + 2}/200", timeout=900)
+        resume.procs[0].send_signal(signal.SIGTERM)
+        assert resume.wait(timeout=300) == [0], resume.log(0)[-3000:]
+    finally:
+        resume.kill()
     assert f"Resuming from step {stop}" in resume.log(0)
-    assert stop + 1 in _saved_steps(pod_dir)
+    assert "ready in" in resume.log(0) and "loaded from the persistent compilation cache" in (
+        resume.log(0)
+    ), resume.log(0)[-3000:]
+    resumed = max(_saved_steps(pod_dir))
+    assert resumed > stop
 
     # 4. 2 x 4 resumes again; process 1 dies (kill -9): process 0 reports it in one line.
-    pod = Pod(tmp_path, "pod2", 2, _flags(pod_dir, data_dir, cache, steps=200, nproc=2))
+    flags = _flags(pod_dir, data_dir, cache, steps=200, nproc=2, evaluate=False)
+    pod = Pod(tmp_path, "pod2", 2, flags)
     try:
-        pod.wait_for(0, f"Resuming from step {stop + 1}", timeout=300)
-        pod.wait_for(0, f"step {stop + 3}/200", timeout=900)
+        pod.wait_for(0, f"Resuming from step {resumed}", timeout=300)
+        pod.wait_for(0, f"step {resumed + 2}/200", timeout=900)
         pod.procs[1].kill()
         killed = time.monotonic()
         code = pod.procs[0].wait(timeout=PEER_TIMEOUT * 3 + 30)
@@ -212,4 +229,63 @@ def test_pod_of_two_processes_trains_evaluates_stops_resumes_and_reports_a_dead_
     last = max(_saved_steps(pod_dir))
     assert lines[0].startswith("error: process 1 of the pod stopped responding")
     assert f"resumes from step {last}" in lines[0]
+    assert waited < PEER_TIMEOUT * 3 + 30
+
+
+_WATCHED_POD = """
+import sys, time
+from msc_seg import distributed
+launch = distributed.resolve(
+    coordinator_address=sys.argv[1], num_processes=2, process_id=int(sys.argv[2])
+)
+distributed.initialize(launch, peer_timeout_s={timeout}, connect_timeout_s=60)
+distributed.on_peer_lost(lambda: 7)
+with distributed.PeerWatch({timeout}):
+    print("joined", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_death_of_the_coordinator_process_is_reported_in_one_line_by_the_other(tmp_path):
+    # Process 0 hosts JAX's coordination service: when it dies, JAX's client in process 1 fails
+    # at once; without distributed.py's hook that is JAX's own multi-line fatal error (exit 1
+    # or 134, no step to resume from). No training here: this takes ~15 s.
+    script = tmp_path / "watched_pod.py"
+    script.write_text(_WATCHED_POD.format(timeout=PEER_TIMEOUT))
+    address = f"localhost:{_free_port()}"
+    logs = [tmp_path / f"p{i}.log" for i in (0, 1)]
+    procs = []
+    for i in (0, 1):
+        with open(logs[i], "w") as out:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, str(script), address, str(i)],
+                    cwd=ROOT,
+                    env=_env(1),
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+    try:
+        end = time.monotonic() + 120
+        while not all("joined" in log.read_text() for log in logs):
+            assert time.monotonic() < end and all(p.poll() is None for p in procs), [
+                log.read_text()[-2000:] for log in logs
+            ]
+            time.sleep(0.2)
+        procs[0].kill()
+        killed = time.monotonic()
+        code = procs[1].wait(timeout=PEER_TIMEOUT * 3 + 30)
+        waited = time.monotonic() - killed
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    text = logs[1].read_text()
+    assert code == 1, text[-3000:]
+    lines = [line for line in text.splitlines() if "stopped responding" in line]
+    assert len(lines) == 1, text[-3000:]
+    assert lines[0].startswith("error: process 0 of the pod stopped responding, so process 1")
+    assert "resumes from step 7" in lines[0]
     assert waited < PEER_TIMEOUT * 3 + 30

@@ -12,8 +12,10 @@ XLA's generic loop emitter: a ResNet-101 train step at 512x512 took over 10 minu
     custom VJP computes the weight gradient as k*k matmuls of the shifted input with the output
     gradient, and the input gradient at stride 1 as a canonical convolution with the flipped,
     transposed kernel, at other strides as k*k matmuls spread back with interior padding.
-Forward values equal XLA's convolution; gradients equal autodiff's to float rounding (tested in
-tests/test_conv.py). Other backends (GPU, TPU) and other convolutions use lax unchanged.
+Convolutions below MIN_REWRITE_FLOPS (tiny ones: the tests' models) stay lax's, whose program
+compiles faster. Forward values equal XLA's convolution; gradients equal autodiff's to float
+rounding (tested in tests/test_conv.py). Other backends (GPU, TPU) and other convolutions use lax
+unchanged.
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ def conv_general_dilated(
 
     if not _rewritable(lhs, rhs, lhs_dilation, dimension_numbers, feature_group_count):
         return plain()
+    if _forward_flops(lhs.shape, rhs.shape, window_strides) < MIN_REWRITE_FLOPS:
+        return plain()
     if kwargs.get("preferred_element_type") is not None or kwargs.get("out_sharding") is not None:
         return plain()
     strides = tuple(window_strides)
@@ -70,6 +74,19 @@ def conv_general_dilated(
     if (kh, kw) == (1, 1) and pads == ((0, 0), (0, 0)):
         return _conv1x1(lhs[:, :: strides[0], :: strides[1]], rhs, precision)
     return _conv_cpu_vjp(lhs, rhs, strides, pads, dilation, precision)
+
+
+# Below this many forward FLOPs a convolution stays lax's: its loop-emitter cost is small, and the
+# k*k tap matmuls of the rewritten gradients cost compile time (the test suite's tiny models are
+# compile-bound). Every convolution of the paper models at their crop sizes is far above it
+# (the smallest, Swin's 4x4 patch embedding at 512x512 batch 2: 3e8).
+MIN_REWRITE_FLOPS = 1 << 27
+
+
+def _forward_flops(lhs_shape, rhs_shape, strides) -> int:
+    b, h, w, _ = lhs_shape
+    kh, kw, i, o = rhs_shape
+    return 2 * b * -(-h // strides[0]) * -(-w // strides[1]) * kh * kw * i * o
 
 
 def _rewritable(lhs, rhs, lhs_dilation, dimension_numbers, groups) -> bool:
