@@ -47,7 +47,7 @@ def child(args) -> dict:
     case = bench.MODELS[args.child]
     weight = 0.1 if args.contrastive_weight is None else args.contrastive_weight
     config = bench.make_benchmark_config(case, args.batch, args.size, args.dtype, weight)
-    config.model.update(parse_model_kwargs(args.model_kwargs))  # e.g. remat, scan_blocks
+    config.model.update(bench.parse_model_kwargs(args.model_kwargs))  # e.g. remat, scan_blocks
     config_lib.validate(config, experiment.runtime_facts())
     mesh = mesh_lib.make_mesh(config.mesh.data)
     batch = mesh_lib.host_batch_to_global(bench.make_synthetic_batch(args.batch, args.size), mesh)
@@ -82,12 +82,6 @@ def child(args) -> dict:
 # StableHLO ops counted in the lowered program (what XLA is given): convolutions and matmuls
 # (each copy is compiled and autotuned separately), loops (scanned blocks), gathers (resizes).
 COUNTED_OPS = ("convolution", "dot_general", "while", "gather", "select", "reduce")
-
-
-def parse_model_kwargs(text: str) -> dict:
-    import models as bench  # benchmarks/models.py
-
-    return bench.parse_model_kwargs(text)
 
 
 WHERE_GUARD = "new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)"

@@ -85,6 +85,8 @@ MIN_REWRITE_FLOPS = 1 << 27
 
 
 def _forward_flops(lhs_shape, rhs_shape, strides) -> int:
+    """2*B*H'*W'*kh*kw*I*O with H', W' from the input size and stride (padding ignored: a size
+    estimate, not an exact count)."""
     b, h, w, _ = lhs_shape
     kh, kw, i, o = rhs_shape
     return 2 * b * -(-h // strides[0]) * -(-w // strides[1]) * kh * kw * i * o
