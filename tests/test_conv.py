@@ -61,8 +61,14 @@ def _ours(x, w, stride, dilation, padding):
     )
 
 
+@pytest.mark.parametrize("chunked", [False, True], ids=["whole", "row_chunks"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "k{}s{}d{}p{}".format(*c[:4]))
-def test_cpu_convolution_equals_lax_in_value_and_both_gradients(case):
+def test_cpu_convolution_equals_lax_in_value_and_both_gradients(case, chunked, monkeypatch):
+    """row_chunks: every stride-1 undilated convolution (forward and input gradient) runs as row
+    chunks of uneven sizes (13 rows in chunks of 3), as large ones do at paper size."""
+    if chunked:
+        monkeypatch.setattr(conv_lib, "CHUNK_ELEMENTS", 1)
+        monkeypatch.setattr(conv_lib, "MAX_CHUNKS", 5)
     k, stride, dilation, padding, cin, cout = case
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((2, 13, 11, cin), np.float32))
@@ -125,3 +131,19 @@ def test_small_convolutions_stay_lax_and_large_ones_are_rewritten(monkeypatch):
 
     assert "custom_vjp" not in jaxpr(jnp.ones((2, 8, 7, 4)))  # one row short of the threshold
     assert "custom_vjp" in jaxpr(jnp.ones((2, 8, 8, 4)))
+
+
+def test_large_stride1_convolutions_run_as_row_chunks_and_dilated_ones_whole(monkeypatch):
+    """XLA:CPU's convolution is faster on <= CHUNK_ELEMENTS-value input slabs (conv.py); the
+    chunks must cover the output exactly once (values are checked above)."""
+    # 4 rows of the [2, 11 + 2 padding, 4] input per chunk
+    monkeypatch.setattr(conv_lib, "CHUNK_ELEMENTS", 4 * 2 * 13 * 4)
+    x = jnp.ones((2, 13, 11, 4), jnp.float32)
+    w = jnp.ones((3, 3, 4, 4), jnp.float32)
+
+    def count(dilation):
+        f = lambda x, w: _ours(x, w, 1, dilation, dilation)
+        return jax.jit(f).lower(x, w).as_text().count("stablehlo.convolution")
+
+    assert count(1) == 4  # 13 output rows in chunks of 4, 4, 4, 1
+    assert count(2) == 1
