@@ -168,6 +168,7 @@ def _forward(x, w, strides, pads, dilation, precision):
     rows = max(CHUNK_ELEMENTS // slab_row, -(-out_rows // MAX_CHUNKS), 1)
     if rows >= out_rows:
         return whole(x, pads[0])
+    rows = -(-out_rows // -(-out_rows // rows))  # even chunks: 64 rows as 32 + 32, not 62 + 2
     chunks = []
     for r0 in range(0, out_rows, rows):
         n = min(rows, out_rows - r0)
