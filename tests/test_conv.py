@@ -26,6 +26,7 @@ CASES = [  # (kernel, stride, dilation, padding, in, out)
     (1, 2, 1, 0, 6, 5),
     (4, 4, 1, 0, 3, 8),  # a patch embedding
     (3, 2, 1, 0, 4, 4),  # no padding, odd size
+    (3, 1, 1, 5, 4, 4),  # padding wider than the kernel (a chunk of padding rows only)
     (3, 1, 1, "SAME", 4, 4),
     (1, 1, 1, "SAME", 4, 4),  # the projectors
 ]

@@ -162,7 +162,9 @@ def _forward(x, w, strides, pads, dilation, precision):
     kh = w.shape[0]
     lo, hi = pads[0]
     out_rows = h + lo + hi - kh + 1
-    if strides != (1, 1) or dilation != (1, 1) or min(lo, hi, *pads[1]) < 0 or out_rows < 2:
+    # A chunk must not lie wholly in a padding of a kernel or more (its slice would be empty).
+    too_much_padding = max(lo, hi) >= kh or min(lo, hi, *pads[1]) < 0
+    if strides != (1, 1) or dilation != (1, 1) or too_much_padding or out_rows < 2:
         return whole(x, pads[0])
     slab_row = b * (wd + sum(pads[1])) * cin  # values per input row of a chunk
     rows = max(CHUNK_ELEMENTS // slab_row, -(-out_rows // MAX_CHUNKS), 1)
