@@ -164,11 +164,11 @@ def _forward(x, w, strides, pads, dilation, precision):
     out_rows = h + lo + hi - kh + 1
     # A chunk must not lie wholly in a padding of a kernel or more (its slice would be empty).
     too_much_padding = max(lo, hi) >= kh or min(lo, hi, *pads[1]) < 0
-    if strides != (1, 1) or dilation != (1, 1) or too_much_padding or out_rows < 2:
+    if strides != (1, 1) or dilation != (1, 1) or too_much_padding:
         return whole(x, pads[0])
     slab_row = b * (wd + sum(pads[1])) * cin  # values per input row of a chunk
     rows = max(CHUNK_ELEMENTS // slab_row, -(-out_rows // MAX_CHUNKS), 1)
-    if rows >= out_rows:
+    if rows >= out_rows:  # also a map of one output row
         return whole(x, pads[0])
     rows = -(-out_rows // -(-out_rows // rows))  # even chunks: 64 rows as 32 + 32, not 62 + 2
     chunks = []
