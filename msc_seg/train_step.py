@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import jax
@@ -24,8 +25,9 @@ def make_train_step(
 
     batch: {'image': float32 [B,H,W,3], 'label': int32 [B,H,W]} (global arrays sharded on `data`);
     key: the run's base key; per-step randomness is fold_in(key, step), so it does not depend on
-    how the run was interrupted and resumed. objective(outputs, labels, key) -> (loss, metrics);
-    the model returns embeddings when `objective.needs_embeddings`. schedule: logged as
+    how the run was interrupted and resumed. objective(outputs, labels, key, align_corners=...)
+    -> (loss, metrics); the model returns embeddings when `objective.needs_embeddings` and its
+    logits at the head's resolution where it can (`forward_for_loss`). schedule: logged as
     metrics['learning_rate'] when given.
     Non-finite guard: when the loss or any gradient is NaN/inf the step returns the incoming state
     unchanged (step not advanced) with metrics['nonfinite'] = 1; the host stops the run.
@@ -39,8 +41,10 @@ def make_train_step(
         def loss_fn(params):
             model = model_def.merge(params, state.batch_stats)
             nnx.reseed(model, dropout=dropout_key)
-            outputs = model(batch["image"], train=True, return_embeddings=want_embeddings)
-            loss, metrics = objective(outputs, batch["label"], sample_key)
+            outputs, align_corners = forward_for_loss(model, batch["image"], want_embeddings)
+            loss, metrics = objective(
+                outputs, batch["label"], sample_key, align_corners=align_corners
+            )
             _, _, new_batch_stats, _ = split_model(model)
             return loss, (metrics, new_batch_stats)
 
@@ -69,3 +73,19 @@ def make_train_step(
         return new_state, metrics
 
     return step_fn
+
+
+def forward_for_loss(model, images: jax.Array, return_embeddings: bool):
+    """The training forward: -> (SegOutputs, the model's align_corners or None).
+
+    A model that can leave its logits at the head's resolution (`upsample_logits=False`, every
+    built-in segmentor) does, and the objective upsamples them inside the CE in chunks: the
+    [B,H,W,K] logits, their softmax and gradient (1.2 GiB of temporaries for the main and aux
+    heads at 2 x 512 x 512 x 150) are never held. Other models give full-size logits.
+    """
+    if "upsample_logits" in inspect.signature(model.__call__).parameters:
+        outputs = model(
+            images, train=True, return_embeddings=return_embeddings, upsample_logits=False
+        )
+        return outputs, model.align_corners
+    return model(images, train=True, return_embeddings=return_embeddings), None

@@ -8,13 +8,14 @@ decided in exactly one place.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 
 from msc_seg.errors import ArgumentError
-from msc_seg.losses.segmentation import cross_entropy
+from msc_seg.losses.segmentation import upsampled_cross_entropy
 from msc_seg.models.outputs import SegOutputs
 
 # (embeddings finest first, labels int32 [B,H,W], key) -> (scalar loss, metrics), e.g.
@@ -24,7 +25,9 @@ ContrastiveFn = Callable[[Sequence[jax.Array], jax.Array, jax.Array], tuple[jax.
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
-    """(outputs: SegOutputs, labels int32 [B,H,W] (-1 = ignore), key) -> (loss, metrics).
+    """(outputs: SegOutputs, labels int32 [B,H,W] (-1 = ignore), key, align_corners) -> (loss,
+    metrics). The logits may be at the labels' size or at their head's (`upsample_logits=False`,
+    then `align_corners` is the model's: the CE upsamples them in chunks).
 
     Metric keys: loss, loss_ce, loss_aux (when the model has an aux head and aux_weight > 0),
     loss_contrastive and the contrastive loss's own terms (when it is on).
@@ -40,13 +43,21 @@ class Objective:
         """Whether the model must run its projectors (the contrastive term is on)."""
         return self.contrastive is not None and self.contrastive_weight > 0
 
-    def __call__(self, outputs: SegOutputs, labels: jax.Array, key: jax.Array):
+    def __call__(
+        self,
+        outputs: SegOutputs,
+        labels: jax.Array,
+        key: jax.Array,
+        *,
+        align_corners: bool | None = None,
+    ):
         metrics = {}
-        loss_ce = cross_entropy(outputs.logits, labels, self.class_weights)
+        ce = functools.partial(self._cross_entropy, labels=labels, align_corners=align_corners)
+        loss_ce = ce(outputs.logits)
         loss = loss_ce
         metrics["loss_ce"] = loss_ce
         if outputs.aux_logits is not None and self.aux_weight > 0:
-            loss_aux = cross_entropy(outputs.aux_logits, labels, self.class_weights)
+            loss_aux = ce(outputs.aux_logits)
             loss = loss + self.aux_weight * loss_aux
             metrics["loss_aux"] = loss_aux
         if self.needs_embeddings:
@@ -56,6 +67,17 @@ class Objective:
             metrics["loss_contrastive"] = con
         metrics["loss"] = loss
         return loss, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+
+    def _cross_entropy(self, logits, labels, align_corners):
+        """CE of logits at the labels' size, or at a head's size (then upsampled in chunks)."""
+        if logits.shape[1:3] != labels.shape[1:3] and align_corners is None:
+            raise ValueError(
+                f"logits of size {logits.shape[1:3]} for labels of size {labels.shape[1:3]}: "
+                "pass the model's align_corners so that the objective can upsample them"
+            )
+        return upsampled_cross_entropy(
+            logits, labels, self.class_weights, align_corners=bool(align_corners)
+        )
 
 
 def make_objective(

@@ -18,8 +18,8 @@ from flax import nnx
 from msc_seg.errors import ArgumentError
 from msc_seg.models.aspp import REFERENCE_ASPP_BN_EPS, ASPPHead
 from msc_seg.models.aspp import aspp_dilations as default_aspp_dilations
-from msc_seg.models.layers import TORCH_BN_EPS, resize_bilinear
-from msc_seg.models.outputs import SegOutputs
+from msc_seg.models.layers import TORCH_BN_EPS
+from msc_seg.models.outputs import SegOutputs, finish_logits
 from msc_seg.models.projector import make_projectors, project_taps
 from msc_seg.models.repeat import call, check_remat
 from msc_seg.models.resnet import make_resnet
@@ -109,7 +109,12 @@ class DeepLabV3Segmentor(nnx.Module):
         )
 
     def __call__(
-        self, images: jax.Array, *, train: bool = False, return_embeddings: bool = False
+        self,
+        images: jax.Array,
+        *,
+        train: bool = False,
+        return_embeddings: bool = False,
+        upsample_logits: bool = True,
     ) -> SegOutputs:
         size = images.shape[1:3]
         feats = self.backbone(images.astype(self.dtype), train=train)
@@ -119,7 +124,9 @@ class DeepLabV3Segmentor(nnx.Module):
             feats[-1],
             remat=self.remat != "none",
         )
-        logits = resize_bilinear(logits.astype(jnp.float32), size, align_corners=self.align_corners)
+        logits = finish_logits(
+            logits, size, align_corners=self.align_corners, upsample=upsample_logits
+        )
         embeddings = project_taps(
             self.projectors, [feats[i] for i in self.tap_index], train, return_embeddings
         )

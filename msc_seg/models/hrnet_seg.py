@@ -11,9 +11,8 @@ from flax import nnx
 from msc_seg.errors import ArgumentError
 from msc_seg.models.hrnet import make_hrnet
 from msc_seg.models.hrnet_head import HRNetHead, concat_branches
-from msc_seg.models.layers import resize_bilinear
 from msc_seg.models.ocr_head import OCRHead, SoftRegionHead
-from msc_seg.models.outputs import SegOutputs
+from msc_seg.models.outputs import SegOutputs, finish_logits
 from msc_seg.models.projector import make_projectors, project_taps
 from msc_seg.models.repeat import call, check_remat
 
@@ -82,7 +81,12 @@ class HRNetSegmentor(nnx.Module):
         )
 
     def __call__(
-        self, images: jax.Array, *, train: bool = False, return_embeddings: bool = False
+        self,
+        images: jax.Array,
+        *,
+        train: bool = False,
+        return_embeddings: bool = False,
+        upsample_logits: bool = True,
     ) -> SegOutputs:
         size = images.shape[1:3]
         feats = self.backbone(images.astype(self.dtype), train=train)
@@ -92,7 +96,9 @@ class HRNetSegmentor(nnx.Module):
             return decode_head(x, train=train)
 
         logits = call(head, self.decode_head, feats, remat=self.remat != "none")
-        logits = resize_bilinear(logits.astype(jnp.float32), size, align_corners=self.align_corners)
+        logits = finish_logits(
+            logits, size, align_corners=self.align_corners, upsample=upsample_logits
+        )
         embeddings = project_taps(
             self.projectors, feats[: self.num_scales], train, return_embeddings
         )
@@ -164,7 +170,12 @@ class OCRNetSegmentor(nnx.Module):
         )
 
     def __call__(
-        self, images: jax.Array, *, train: bool = False, return_embeddings: bool = False
+        self,
+        images: jax.Array,
+        *,
+        train: bool = False,
+        return_embeddings: bool = False,
+        upsample_logits: bool = True,
     ) -> SegOutputs:
         size = images.shape[1:3]
         feats = self.backbone(images.astype(self.dtype), train=train)
@@ -178,7 +189,7 @@ class OCRNetSegmentor(nnx.Module):
             heads, self.decode_head, self.auxiliary_head, feats, remat=self.remat != "none"
         )
         logits, region_logits = (
-            resize_bilinear(t.astype(jnp.float32), size, align_corners=self.align_corners)
+            finish_logits(t, size, align_corners=self.align_corners, upsample=upsample_logits)
             for t in (logits, region_logits)
         )
         embeddings = project_taps(

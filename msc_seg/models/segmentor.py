@@ -6,6 +6,7 @@ stride; the segmentor upsamples them bilinearly to the input size and returns fl
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable
 
@@ -16,8 +17,7 @@ from flax import nnx
 
 from msc_seg.errors import ArgumentError
 from msc_seg.models.fcn_head import FCNHead
-from msc_seg.models.layers import resize_bilinear
-from msc_seg.models.outputs import SegOutputs
+from msc_seg.models.outputs import SegOutputs, finish_logits
 from msc_seg.models.projector import make_projectors, project_taps
 from msc_seg.models.repeat import call, check_remat
 from msc_seg.models.swin import make_swin
@@ -157,13 +157,18 @@ class UPerNetSegmentor(nnx.Module):
         )
         self.projectors = make_projectors(tap_channels, embedding_dim, use_projectors, **kw)
 
-    def _upsample(self, logits: jax.Array, size) -> jax.Array:
-        return resize_bilinear(logits.astype(jnp.float32), size, align_corners=self.align_corners)
-
     def __call__(
-        self, images: jax.Array, *, train: bool = False, return_embeddings: bool = False
+        self,
+        images: jax.Array,
+        *,
+        train: bool = False,
+        return_embeddings: bool = False,
+        upsample_logits: bool = True,
     ) -> SegOutputs:
         size = images.shape[1:3]
+        finish = functools.partial(
+            finish_logits, size=size, align_corners=self.align_corners, upsample=upsample_logits
+        )
         feats = self.backbone(images.astype(self.dtype), train=train)
         logits, fpn_outs = call(
             lambda head, feats: head(feats, train=train),
@@ -173,10 +178,10 @@ class UPerNetSegmentor(nnx.Module):
         )
         aux = None
         if self.auxiliary_head is not None:
-            aux = self._upsample(self.auxiliary_head(feats[self.aux_in_index], train=train), size)
+            aux = finish(self.auxiliary_head(feats[self.aux_in_index], train=train))
         taps = fpn_outs if self.projector_position == "fpn" else feats
         embeddings = project_taps(self.projectors, taps, train, return_embeddings)
-        return SegOutputs(self._upsample(logits, size), aux, embeddings)
+        return SegOutputs(finish(logits), aux, embeddings)
 
 
 # name -> factory(*, num_classes, rngs, **kwargs), or "module:attribute" imported on first use
