@@ -29,6 +29,12 @@ CASES = [  # (kernel, stride, dilation, padding, in, out)
     (3, 1, 1, 5, 4, 4),  # padding wider than the kernel (a chunk of padding rows only)
     (3, 1, 1, "SAME", 4, 4),
     (1, 1, 1, "SAME", 4, 4),  # the projectors
+    # in > out at stride 1: the weight gradient shifts the output gradient, not the input
+    (3, 1, 1, 1, 9, 4),  # UPerNet's fpn_bottleneck
+    (3, 1, 2, 2, 8, 3),
+    (3, 1, 3, 1, 8, 3),  # padding smaller than the reach
+    (3, 1, 1, 0, 8, 3),  # no padding
+    (3, 1, 1, 5, 8, 3),  # padding wider than the kernel: shifts the input
 ]
 
 
