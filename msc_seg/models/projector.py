@@ -14,7 +14,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from msc_seg.models.conv import conv_layer
-from msc_seg.models.layers import TORCH_BN_EPS, flax_momentum, kaiming_normal_fan_out
+from msc_seg.models.layers import (
+    TORCH_BN_EPS,
+    flax_momentum,
+    kaiming_normal_fan_out,
+    supports_train_batch_norm,
+    train_batch_norm,
+)
 
 PROJECTOR_TORCH_BN_MOMENTUM = 0.0003
 
@@ -58,7 +64,10 @@ class Projector(nnx.Module):
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         x = jax.nn.relu(self.conv1(x))
-        x = self.norm(x, use_running_average=not train)
+        if train and supports_train_batch_norm(self.norm, x):
+            x = train_batch_norm(self.norm, x)  # keeps only x for its backward pass
+        else:
+            x = self.norm(x, use_running_average=not train)
         return self.conv2(x)
 
 

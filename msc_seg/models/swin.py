@@ -30,7 +30,13 @@ from flax import nnx
 
 from msc_seg.errors import ArgumentError
 from msc_seg.models.conv import conv_layer
-from msc_seg.models.layers import DropPath, gelu_exact, torch_default_kernel, trunc_normal_02
+from msc_seg.models.layers import (
+    DropPath,
+    LayerNorm,
+    gelu_exact,
+    torch_default_kernel,
+    trunc_normal_02,
+)
 from msc_seg.models.repeat import call, check_remat, run_chain
 
 LN_EPS = 1e-5
@@ -139,7 +145,7 @@ def _linear(d_in, d_out, *, use_bias=True, dtype, param_dtype, rngs):
 
 
 def _layer_norm(dim, *, dtype, param_dtype, rngs):
-    return nnx.LayerNorm(dim, epsilon=LN_EPS, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    return LayerNorm(dim, epsilon=LN_EPS, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 
 class PatchEmbed(nnx.Module):
