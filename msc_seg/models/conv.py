@@ -171,43 +171,15 @@ def _forward(x, w, strides, pads, dilation, precision):
     if rows >= out_rows:  # also a map of one output row
         return whole(x, pads[0])
     rows = -(-out_rows // -(-out_rows // rows))  # even chunks: 64 rows as 32 + 32, not 62 + 2
-    # output rows [r0, r0 + n) read padded rows [r0, r0 + n + kh - 1), i.e. input rows
-    # [r0 - lo, r0 + n + kh - 1 - lo), the part outside [0, h) being zero padding. Chunks that
-    # need no padding run in a loop, each slicing its input rows when it runs: unrolled, XLA
-    # made every chunk's input copy first (15 x 20 MiB alive for UPerNet's 2048-channel
-    # bottleneck at 512x512, batch 2: the train step's peak).
-    starts = list(range(0, out_rows, rows))
-    inner = [r0 for r0 in starts if r0 >= lo and r0 + rows <= min(out_rows, h + lo - kh + 1)]
     chunks = []
-    for r0 in starts:
-        if inner and r0 == inner[0] and len(inner) > 1:
-            chunks.append(_inner_chunks(whole, x, inner[0] - lo, len(inner), rows, kh))
-        if len(inner) > 1 and r0 in inner:
-            continue
+    for r0 in range(0, out_rows, rows):
         n = min(rows, out_rows - r0)
+        # output rows [r0, r0 + n) read padded rows [r0, r0 + n + kh - 1), i.e. input rows
+        # [r0 - lo, r0 + n + kh - 1 - lo), the part outside [0, h) being zero padding
         start, stop = r0 - lo, r0 + n + kh - 1 - lo
         first, last = max(start, 0), min(stop, h)
         chunks.append(whole(x[:, first:last], (first - start, stop - last)))
     return jnp.concatenate(chunks, axis=1)
-
-
-def _inner_chunks(whole, x, first_row, count, rows, kh):
-    """`count` chunks of `rows` output rows, the first reading input rows from `first_row`, in a
-    fori_loop writing into one output -> [B, count * rows, W', O]."""
-    b, _, wd, cin = x.shape
-
-    def chunk(i):
-        part = lax.dynamic_slice(x, (0, first_row + i * rows, 0, 0), (b, rows + kh - 1, wd, cin))
-        return whole(part, (0, 0))
-
-    first = chunk(0)
-    out = jnp.zeros((b, count * rows) + first.shape[2:], first.dtype)
-    out = lax.dynamic_update_slice(out, first, (0, 0, 0, 0))
-
-    def body(i, out):
-        return lax.dynamic_update_slice(out, chunk(i), (0, i * rows, 0, 0))
-
-    return lax.fori_loop(1, count, body, out)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
@@ -237,13 +209,9 @@ def _weight_grad(x, g, w_shape, strides, pads, dilation, precision):
     k*k of them (9 x 277 MB for UPerNet's 2048-channel bottleneck at 512x512, batch 2)."""
     kh, kw, cin, cout = w_shape
     b, ho, wo, _ = g.shape
-    reach = (dilation[0] * (kh - 1), dilation[1] * (kw - 1))
-    if (
-        strides == (1, 1)
-        and cin > cout
-        and all(p <= r for pair, r in zip(pads, reach, strict=True) for p in pair)
-    ):
-        return _weight_grad_shifting_g(x, g, w_shape, pads, dilation, precision)
+    back_pads = _back_pads(pads, (kh, kw), dilation)
+    if strides == (1, 1) and cin > cout and back_pads is not None:
+        return _weight_grad_shifting_g(x, g, w_shape, back_pads, dilation, precision)
     xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
     span = (strides[0] * (ho - 1) + 1, strides[1] * (wo - 1) + 1)
 
@@ -256,17 +224,25 @@ def _weight_grad(x, g, w_shape, strides, pads, dilation, precision):
     return lax.map(tap, jnp.arange(kh * kw)).reshape(w_shape).astype(x.dtype)
 
 
-def _weight_grad_shifting_g(x, g, w_shape, pads, dilation, precision):
+def _back_pads(pads, kernel, dilation):
+    """The padding of a stride-1 convolution's output gradient that lines it up with the input:
+    (reach - lo, reach - hi) per axis, reach = dilation * (k - 1); None when a padding exceeds
+    the reach (the forward then had outputs reading only padding)."""
+    reach = [d * (k - 1) for k, d in zip(kernel, dilation, strict=True)]
+    if any(p > r for pair, r in zip(pads, reach, strict=True) for p in pair):
+        return None
+    return tuple((r - lo, r - hi) for (lo, hi), r in zip(pads, reach, strict=True))
+
+
+def _weight_grad_shifting_g(x, g, w_shape, back_pads, dilation, precision):
     """The stride-1 weight gradient with the output gradient's windows moving over the input,
     for convolutions that narrow the channels (in > out): output o reads x[o + d*i - lo], so
-    dW[i] = sum_q x[q] g[q - d*i + lo] = x^T (g padded by (d*(k-1) - lo, d*(k-1) - hi), rows
-    from d*(k-1-i)). The copies are of g: for UPerNet's 2048 -> 512 bottleneck at 512x512,
-    batch 2, a 66 MiB padded g and a 64 MiB window per tap instead of a 264 MiB padded input and
-    a 256 MiB window (the peak of the train step falls in the decode head's backward)."""
+    dW[i] = sum_q x[q] g[q - d*i + lo] = x^T (g padded by `_back_pads`, rows from d*(k-1-i)).
+    The copies are of g: for UPerNet's 2048 -> 512 bottleneck at 512x512, batch 2, a 66 MiB
+    padded g and a 64 MiB window per tap instead of a 264 MiB padded input and a 256 MiB window
+    (XLA temporaries of this gradient alone 588 -> 134 MiB, same time)."""
     kh, kw, _, cout = w_shape
     b, h, wd, _ = x.shape
-    reach = (dilation[0] * (kh - 1), dilation[1] * (kw - 1))
-    back_pads = [(r - lo, r - hi) for (lo, hi), r in zip(pads, reach, strict=True)]
     gp = jnp.pad(g, [(0, 0), *back_pads, (0, 0)])
 
     def tap(t):
@@ -283,10 +259,9 @@ def _input_grad(x, w, g, strides, pads, dilation, precision):
     flipped kernel, inputs and outputs swapped (canonical form). Otherwise one matmul per tap,
     g @ W[tap]^T, spread back over the rows the tap read (lax.pad with interior zeros)."""
     kh, kw, _, _ = w.shape
-    reach = (dilation[0] * (kh - 1), dilation[1] * (kw - 1))
-    if strides == (1, 1) and all(p <= r for pair, r in zip(pads, reach, strict=True) for p in pair):
+    back_pads = _back_pads(pads, (kh, kw), dilation)
+    if strides == (1, 1) and back_pads is not None:
         flipped = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
-        back_pads = tuple((r - lo, r - hi) for (lo, hi), r in zip(pads, reach, strict=True))
         return _forward(g, flipped, (1, 1), back_pads, dilation, precision).astype(x.dtype)
     _, h, wd, _ = x.shape
     _, ho, wo, _ = g.shape

@@ -443,15 +443,10 @@ def layer_norm(x, scale, bias, epsilon: float, out_dtype) -> jax.Array:
     return _layer_norm_fwd(x, scale, bias, epsilon, out_dtype)[0]
 
 
-def _layer_norm_stats(xf, epsilon):
-    mean = jnp.mean(xf, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
-    return mean, jax.lax.rsqrt(var + epsilon)
-
-
 def _layer_norm_fwd(x, scale, bias, epsilon, out_dtype):
     xf = x.astype(jnp.float32)
-    mean, rstd = _layer_norm_stats(xf, epsilon)
+    mean = jnp.mean(xf, axis=-1, keepdims=True)
+    rstd = jax.lax.rsqrt(jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True) + epsilon)
     y = (xf - mean) * rstd * scale.astype(jnp.float32) + bias.astype(jnp.float32)
     return y.astype(out_dtype), (x, mean, rstd, scale, bias)
 
