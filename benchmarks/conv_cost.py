@@ -29,8 +29,21 @@ import jax
 import numpy as np
 
 from msc_seg.models import conv as conv_lib
+from msc_seg.models import winograd
 
-CASES = {"bottleneck": (128, 2048, 512), "fpn": (128, 512, 512)}
+CASES = {
+    "bottleneck": (128, 2048, 512),
+    "fpn": (128, 512, 512),
+    "hrnet_w48_b1": (128, 48, 48),  # HRNet-W48's stride-4 branch
+    "hrnet_w48_b2": (64, 96, 96),
+    "hrnet_w48_b4": (16, 384, 384),
+    "resnet_layer1": (128, 64, 64),  # ResNet-101's 3x3 in layer1 at a 512 crop
+    "resnet_layer2": (64, 128, 128),
+    "fpn_64": (64, 512, 512),  # the other fpn_convs
+    "fpn_32": (32, 512, 512),
+    "ppm_bottleneck": (16, 4096, 512),  # UPerNet's PPM bottleneck (2048 + 4 x 512 in)
+    "fcn_aux": (32, 1024, 256),  # the auxiliary FCN head on Swin's stage 3
+}
 SIZE = 128  # --size: the feature map's side (128 = stride 4 of a 512 crop)
 
 
@@ -78,6 +91,7 @@ METHODS = {
     "msc_seg": lambda x, w: conv_lib.conv_general_dilated(
         x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
     ),
+    "winograd": lambda x, w: winograd.conv3x3(x, w),
 }
 
 
@@ -100,7 +114,7 @@ def timed(fn, repeats: int) -> float:
 def jax_rows(case: str, batch: int, methods: list[str], repeats: int) -> list[dict]:
 
     _, cin, cout = CASES[case]
-    size = SIZE
+    size = CASES[case][0] * SIZE // 128
     rng = np.random.default_rng(0)
     x = jax.numpy.asarray(rng.standard_normal((batch, size, size, cin), np.float32))
     w = jax.numpy.asarray(rng.standard_normal((3, 3, cin, cout), np.float32) / np.sqrt(9 * cin))
@@ -139,7 +153,7 @@ def torch_rows(case: str, batch: int, repeats: int) -> list[dict]:
     import torch
 
     _, cin, cout = CASES[case]
-    size = SIZE
+    size = CASES[case][0] * SIZE // 128
     rows = []
     for layout in ("nchw", "channels_last"):
         fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
@@ -170,7 +184,7 @@ def torch_rows(case: str, batch: int, repeats: int) -> list[dict]:
 
 def print_row(r: dict, batch: int) -> None:
     _, cin, cout = CASES[r["case"]]
-    size = SIZE
+    size = CASES[r["case"]][0] * SIZE // 128
     gflop = 2 * batch * size * size * cin * cout * 9 / 1e9
     print(
         f"| {r['case']} | {r['method']} | {r['fwd_s']:.3f} | {gflop / r['fwd_s']:.0f} | "

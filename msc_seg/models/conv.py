@@ -14,7 +14,9 @@ XLA's generic loop emitter: a ResNet-101 train step at 512x512 took over 10 minu
     and the input gradient at stride 1 as a canonical convolution with the flipped,
     transposed kernel, at other strides as k*k matmuls spread back with interior padding;
   - a large undilated stride-1 convolution (forward, input gradient) runs as row chunks, on
-    which XLA:CPU's convolution is ~30 % faster (CHUNK_ELEMENTS below).
+    which XLA:CPU's convolution is ~30 % faster (CHUNK_ELEMENTS below);
+  - a wide 3x3 stride-1 "same" float32 convolution on a large map (UPerNet's decode head) runs as
+    Winograd F(2x2, 3x3), forward and both gradients (models/winograd.py, WINOGRAD_* below).
 Convolutions below MIN_REWRITE_FLOPS (tiny ones: the tests' models) stay lax's, whose program
 compiles faster. Forward values equal XLA's convolution; gradients equal autodiff's to float
 rounding (tested in tests/test_conv.py). Other backends (GPU, TPU) and other convolutions use lax
@@ -29,6 +31,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax import lax
+
+from msc_seg.models import winograd
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -76,6 +80,8 @@ def conv_general_dilated(
     pads = tuple(tuple(int(p) for p in pair) for pair in padding)
     if (kh, kw) == (1, 1) and pads == ((0, 0), (0, 0)):
         return _conv1x1(lhs[:, :: strides[0], :: strides[1]], rhs, precision)
+    if _winograd_pays(lhs, rhs, strides, pads, dilation):
+        return winograd.conv3x3(lhs, rhs, precision)
     return _conv_cpu_vjp(lhs, rhs, strides, pads, dilation, precision)
 
 
@@ -84,6 +90,27 @@ def conv_general_dilated(
 # compile-bound). Every convolution of the paper models at their crop sizes is far above it
 # (the smallest, Swin's 4x4 patch embedding at 512x512 batch 2: 3e8).
 MIN_REWRITE_FLOPS = 1 << 27
+
+
+# A 3x3 stride-1 "same" float32 convolution this wide, over this many 2x2 output tiles, runs as
+# Winograd F(2x2, 3x3) (models/winograd.py). `python benchmarks/conv_cost.py --methods
+# msc_seg,winograd` (2 cores, batch 2, forward + both gradients): UPerNet's 2048 -> 512
+# bottleneck at 128x128 7.62 -> 4.51 s, its 512 -> 512 fpn_conv 1.79 -> 0.89 s, at 64x64
+# 0.43 -> 0.27 s; at 32x32 (512 tiles) no gain, at 16x16 and for HRNet's and ResNet's narrower
+# convolutions (48-128 channels) the forward got 2-3x slower.
+WINOGRAD_MIN_CHANNELS = 256
+WINOGRAD_MIN_TILES = 2048
+
+
+def _winograd_pays(x, w, strides, pads, dilation) -> bool:
+    b, h, wd, _ = x.shape
+    kh, kw, cin, cout = w.shape
+    return (
+        (kh, kw, strides, dilation, pads) == (3, 3, (1, 1), (1, 1), ((1, 1), (1, 1)))
+        and x.dtype == w.dtype == jnp.float32
+        and min(cin, cout) >= WINOGRAD_MIN_CHANNELS
+        and b * -(-h // 2) * -(-wd // 2) >= WINOGRAD_MIN_TILES
+    )
 
 
 def _forward_flops(lhs_shape, rhs_shape, strides) -> int:
