@@ -33,6 +33,7 @@ from flax import nnx
 from jax import lax
 
 from msc_seg.models import winograd
+from msc_seg.models.ordering import after
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -230,6 +231,17 @@ def _conv_cpu_bwd(strides, pads, dilation, precision, residuals, g):
 _conv_cpu_vjp.defvjp(_conv_cpu_fwd, _conv_cpu_bwd)
 
 
+def _map_taps(tap, taps: int, shape, dtype, dep):
+    """jnp.stack([tap(t) for t in range(taps)]) [taps, *shape], one tap at a time (a loop, so one
+    tap's window copy is alive at a time), into a buffer made after `dep` (see `after`)."""
+
+    def body(t, out):
+        return lax.dynamic_update_index_in_dim(out, tap(t).astype(dtype), t, axis=0)
+
+    out = jnp.full((taps, *shape), after(jnp.zeros((), dtype), dep))
+    return lax.fori_loop(0, taps, body, out)
+
+
 def _weight_grad(x, g, w_shape, strides, pads, dilation, precision):
     """dW[i,j] = (the input rows tap (i,j) reads)^T g: one [I,O] matmul per tap, the taps in a
     loop (lax.map) so that one tap's window copy is alive at a time: unrolled, XLA kept all
@@ -248,7 +260,8 @@ def _weight_grad(x, g, w_shape, strides, pads, dilation, precision):
         window = window[:, :: strides[0], :: strides[1]]
         return _matmul_weight_grad(window, g, precision)
 
-    return lax.map(tap, jnp.arange(kh * kw)).reshape(w_shape).astype(x.dtype)
+    taps = _map_taps(tap, kh * kw, (cin, cout), x.dtype, g[0, 0, 0, 0])
+    return taps.reshape(w_shape)
 
 
 def _back_pads(pads, kernel, dilation):
@@ -278,7 +291,9 @@ def _weight_grad_shifting_g(x, g, w_shape, back_pads, dilation, precision):
         window = lax.dynamic_slice(gp, start, (b, h, wd, cout))
         return _matmul_weight_grad(x, window, precision)
 
-    return lax.map(tap, jnp.arange(kh * kw)).reshape(w_shape).astype(x.dtype)
+    cin = x.shape[-1]
+    taps = _map_taps(tap, kh * kw, (cin, cout), x.dtype, g[0, 0, 0, 0])
+    return taps.reshape(w_shape)
 
 
 def _input_grad(x, w, g, strides, pads, dilation, precision):
@@ -288,7 +303,7 @@ def _input_grad(x, w, g, strides, pads, dilation, precision):
     kh, kw, _, _ = w.shape
     back_pads = _back_pads(pads, (kh, kw), dilation)
     if strides == (1, 1) and back_pads is not None:
-        flipped = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
+        flipped = after(jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2), g[0, 0, 0, 0])
         return _forward(g, flipped, (1, 1), back_pads, dilation, precision).astype(x.dtype)
     _, h, wd, _ = x.shape
     _, ho, wo, _ = g.shape

@@ -35,6 +35,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from msc_seg.models import ordering
+
 # B^T, G, A^T of F(2x2, 3x3) with interpolation points 0, 1, -1.
 _G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
 
@@ -110,11 +112,13 @@ def _slab(x, first, count: int, cols: int):
 
 def _forward(x, w, precision, after=None):
     """x [B,H,W,I] -> [B,H,W,O]. `after`: a scalar that must be computed before the output
-    buffer is made (see _conv3x3_bwd)."""
+    buffer and the transformed kernel are made (see _conv3x3_bwd and ordering.after)."""
     b, h, wd, cin = x.shape
     cout = w.shape[-1]
     cols = -(-wd // 2)
     size, count = _chunks(h, wd, b, max(cin, cout))
+    if after is not None:
+        w = ordering.after(w, after)
 
     def chunk(first):
         # The transformed kernel [16,I,O] is loop-invariant: XLA hoists it out of the loop
@@ -130,7 +134,9 @@ def _forward(x, w, precision, after=None):
     def body(y, i):
         return lax.dynamic_update_slice_in_dim(y, chunk(i * size), 2 * size * i, axis=1), None
 
-    fill = jnp.zeros((), x.dtype) if after is None else (0 * after).astype(x.dtype)
+    fill = (
+        jnp.zeros((), x.dtype) if after is None else ordering.after(jnp.zeros((), x.dtype), after)
+    )
     y = jnp.full((b, 2 * size * count, 2 * cols, cout), fill)
     return lax.scan(body, y, jnp.arange(count))[0][:, :h, :wd]
 
@@ -149,7 +155,8 @@ def _weight_grad(x, g, precision):
         # G^T dU G per chunk: the carry is the [3,3,I,O] gradient, not the 16/9 x larger dU.
         return dw + jnp.einsum("ai,abcd,bj->ijcd", gm, du, gm), None
 
-    dw = jnp.zeros((3, 3, cin, cout), gm.dtype)
+    # made after g (ordering.after: a zero-filled loop buffer is otherwise made whenever XLA likes)
+    dw = jnp.full((3, 3, cin, cout), ordering.after(jnp.zeros((), gm.dtype), g[0, 0, 0, 0]))
     return lax.scan(chunk, dw, jnp.arange(count) * size)[0]
 
 
