@@ -11,7 +11,8 @@ def after(x, dep):
     depend only on the parameters (a flipped kernel, Winograd's transformed kernel, a loop's
     zero-filled output) wherever it likes, and for the backward pass it put several of them
     before the forward pass's end, the step's peak (UPerNet-Swin-T: ~200 MiB). Tied to a
-    scalar of the output gradient they wait for the backward pass. (`x + 0 * dep` is folded
-    away by XLA; a comparison of a float with itself is not, NaN != NaN.)"""
+    scalar of the output gradient they wait for the backward pass. A float compared with
+    itself cannot be simplified away (NaN != NaN), so the tie survives XLA's optimisation
+    (tests/test_ordering.py)."""
     dep = dep.astype(x.dtype)
     return jnp.where(dep == dep, x, dep)
