@@ -207,6 +207,11 @@ class Checkpointer:
         if step in self.best.all_steps():
             return False
         with self._save_errors(self.best, step):
+            # No two managers' saves at once: orbax syncs each save's processes through barriers
+            # keyed by a per-process counter, and a best save racing the latest manager's async
+            # save of the same step (eval and checkpoint every 2 steps, 2 x 4 localhost pod)
+            # failed at step 72 with "set_value_start is already ongoing" on one process.
+            self.latest.wait_until_finished()
             self.best.save(
                 step, args=ocp.args.StandardSave(state), metrics={"mIoU": float(miou)}, force=True
             )
