@@ -358,6 +358,33 @@ def tree_differences(saved: Mapping, current: Mapping) -> list[str]:
     return out
 
 
+def _newest_tree_differences(workdir: pathlib.Path, current: Mapping) -> list[str]:
+    """tree_differences against the newest checkpoint, or [] when any saved step's tree matches
+    (newest first). A damaged newest step (e.g. a truncated `_sharding` file: its metadata then
+    lists only some arrays) must not pass for another config: restore moves it aside and falls
+    back to the previous intact step. Only when no step matches is the newest one's difference
+    returned."""
+    items = [
+        _item_dir(p)
+        for manager in ("checkpoints", "best")
+        if (workdir / manager).is_dir()
+        for p in sorted(
+            (p for p in (workdir / manager).iterdir() if p.is_dir() and _is_step_name(p.name)),
+            key=lambda p: -int(p.name),
+        )
+    ]
+    newest = None
+    for item in items:
+        try:
+            diffs = tree_differences(saved_tree(item), current)
+        except Exception:  # noqa: BLE001 - unreadable metadata: damaged, judged by restore
+            continue
+        if not diffs:
+            return []
+        newest = diffs if newest is None else newest
+    return newest or []
+
+
 def check_workdir_config(
     workdir: str | pathlib.Path, config: Mapping, *, what: str, abstract_state=None
 ) -> None:
@@ -383,7 +410,7 @@ def check_workdir_config(
     tree_diffs = []
     item = _latest_item_dir(workdir) if abstract_state is not None else None
     if item is not None and (item / "_METADATA").exists():
-        tree_diffs = tree_differences(saved_tree(item), state_tree(abstract_state))
+        tree_diffs = _newest_tree_differences(workdir, state_tree(abstract_state))
     if not diffs and not tree_diffs:
         return
     if tree_diffs and not diffs:  # no known structural field explains it: name every change

@@ -58,7 +58,14 @@ def _damage_checkpoint_metadata(step_dir: pathlib.Path) -> None:
     (step_dir / "_CHECKPOINT_METADATA").write_text("\x00\x00garbage")
 
 
+def _truncate_sharding(step_dir: pathlib.Path) -> None:
+    """Seen in a pod probe: the newest step then read as a checkpoint of another config."""
+    f = step_dir / "default" / "_sharding"
+    f.write_bytes(f.read_bytes()[:100])
+
+
 DAMAGES = {
+    "truncated _sharding file": _truncate_sharding,
     "truncated data file": _truncate_data,
     "deleted data file": _delete_data,
     "damaged _METADATA": _damage_metadata,
@@ -137,3 +144,25 @@ def test_failed_save_stops_with_one_line_naming_folder_and_free_space(tmp_path, 
     monkeypatch.undo()
     ck.close()  # the reported failure does not raise again on the way out
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1", "2"]
+
+
+def test_a_damaged_newest_step_is_not_taken_for_a_checkpoint_of_another_config(tmp_path):
+    """A truncated `_sharding` file makes the newest step's metadata list only some arrays (a pod
+    probe then refused the workdir as "another config"); the workdir check must pass so that
+    restore can move the step aside, and must still refuse a truly different state."""
+    import importlib.util
+    import json
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("demo", root / "configs" / "demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = json.loads(module.get_config().to_json())
+    _two_steps(tmp_path)
+    checkpointing.write_workdir_config(tmp_path, json.dumps(config))
+    check = checkpointing.check_workdir_config
+    _truncate_sharding(tmp_path / "checkpoints" / "2")
+    check(tmp_path, config, what="this config", abstract_state=_abstract())
+    other = {"w": jax.ShapeDtypeStruct((7,), jnp.float32)}
+    with pytest.raises(checkpointing.WorkdirMismatchError, match="checkpoints/2"):
+        check(tmp_path, config, what="this config", abstract_state=other)
