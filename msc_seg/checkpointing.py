@@ -365,13 +365,7 @@ def _newest_tree_differences(workdir: pathlib.Path, current: Mapping) -> list[st
     back to the previous intact step. Only when no step matches is the newest one's difference
     returned."""
     items = [
-        _item_dir(p)
-        for manager in ("checkpoints", "best")
-        if (workdir / manager).is_dir()
-        for p in sorted(
-            (p for p in (workdir / manager).iterdir() if p.is_dir() and _is_step_name(p.name)),
-            key=lambda p: -int(p.name),
-        )
+        _item_dir(p) for manager in ("checkpoints", "best") for p in _step_dirs(workdir / manager)
     ]
     newest = None
     for item in items:
@@ -454,10 +448,16 @@ def _is_step_name(name: str) -> bool:
 
 def _latest_step_dir(manager_dir: pathlib.Path) -> pathlib.Path | None:
     """The highest committed step folder of an orbax manager folder (checkpoints/ or best/)."""
+    steps = _step_dirs(manager_dir)
+    return steps[0] if steps else None
+
+
+def _step_dirs(manager_dir: pathlib.Path) -> list[pathlib.Path]:
+    """The committed step folders of an orbax manager folder, newest first ([] if none)."""
     if not manager_dir.is_dir():
-        return None
+        return []
     steps = [p for p in manager_dir.iterdir() if p.is_dir() and _is_step_name(p.name)]
-    return max(steps, key=lambda p: int(p.name)) if steps else None
+    return sorted(steps, key=lambda p: -int(p.name))
 
 
 def latest_saved_step(workdir: str | pathlib.Path) -> int | None:

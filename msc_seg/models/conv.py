@@ -98,7 +98,7 @@ MIN_REWRITE_FLOPS = 1 << 27
 # msc_seg,winograd` (2 cores, batch 2, forward + both gradients): UPerNet's 2048 -> 512
 # bottleneck at 128x128 7.62 -> 4.51 s, its 512 -> 512 fpn_conv 1.79 -> 0.89 s, at 64x64
 # 0.43 -> 0.27 s; at 32x32 (512 tiles) no gain, at 16x16 and for HRNet's and ResNet's narrower
-# convolutions (48-128 channels) the forward got 2-3x slower.
+# convolutions (48-128 channels) the forward got 2-4x slower.
 WINOGRAD_MIN_CHANNELS = 256
 WINOGRAD_MIN_TILES = 2048
 
@@ -244,7 +244,7 @@ def _map_taps(tap, taps: int, shape, dtype, dep):
 
 def _weight_grad(x, g, w_shape, strides, pads, dilation, precision):
     """dW[i,j] = (the input rows tap (i,j) reads)^T g: one [I,O] matmul per tap, the taps in a
-    loop (lax.map) so that one tap's window copy is alive at a time: unrolled, XLA kept all
+    loop (_map_taps) so that one tap's window copy is alive at a time: unrolled, XLA kept all
     k*k of them (9 x 277 MB for UPerNet's 2048-channel bottleneck at 512x512, batch 2)."""
     kh, kw, cin, cout = w_shape
     b, ho, wo, _ = g.shape

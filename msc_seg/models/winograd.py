@@ -134,9 +134,9 @@ def _forward(x, w, precision, after=None):
     def body(y, i):
         return lax.dynamic_update_slice_in_dim(y, chunk(i * size), 2 * size * i, axis=1), None
 
-    fill = (
-        jnp.zeros((), x.dtype) if after is None else ordering.after(jnp.zeros((), x.dtype), after)
-    )
+    fill = jnp.zeros((), x.dtype)
+    if after is not None:
+        fill = ordering.after(fill, after)
     y = jnp.full((b, 2 * size * count, 2 * cols, cout), fill)
     return lax.scan(body, y, jnp.arange(count))[0][:, :h, :wd]
 
