@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import pathlib
+import re
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -65,6 +66,26 @@ def _free_space(folder: pathlib.Path) -> str:
     if free >= 2**30:
         return f"{free / 2**30:.1f} GiB free"
     return f"{free / 2**20:.1f} MiB free"
+
+
+_FILE_SYSTEM_WORDS = re.compile(
+    r"No space left|Disk quota|Permission denied|Read-only file system|Operation not permitted"
+    r"|PERMISSION_DENIED",
+    re.IGNORECASE,
+)
+
+
+def _is_file_system_error(error: BaseException) -> bool:
+    """Whether a failed save is the disk's or the folder's fault: an OSError anywhere in the
+    cause chain, or its words in a wrapper's text (tensorstore and orbax re-raise OSErrors as
+    ValueError / JaxRuntimeError with the errno text kept). Barrier or peer errors are not."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) or _FILE_SYSTEM_WORDS.search(str(error)):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def validate_step_dir(step_dir: pathlib.Path) -> None:
@@ -187,10 +208,14 @@ class Checkpointer:
             intact = sorted(int(p.name) for p in folder.glob("*") if p.name.isdigit())
             unfinished = sorted(p.name for p in folder.glob("*.orbax-checkpoint-tmp*"))
             what = f"step {unfinished[0].split('.')[0]}" if unfinished else f"step {step}"
+            advice = (
+                "Free space or fix the folder's permissions and rerun to resume"
+                if _is_file_system_error(e)
+                else "Rerun to resume"
+            )
             self.failed = CheckpointSaveError(
                 f"saving {what} under {folder} failed ({_short(e, 160)}); {_free_space(folder)} "
-                f"there; saved steps {intact or 'none'} are intact. Free space or fix the "
-                "folder's permissions and rerun to resume"
+                f"there; saved steps {intact or 'none'} are intact. {advice}"
             )
             raise self.failed from None
 

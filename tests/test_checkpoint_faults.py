@@ -141,9 +141,41 @@ def test_failed_save_stops_with_one_line_naming_folder_and_free_space(tmp_path, 
     assert "No space left on device" in message
     assert " free there" in message and "B free" in message
     assert "saved steps [1, 2] are intact" in message
+    assert message.endswith("Free space or fix the folder's permissions and rerun to resume")
     monkeypatch.undo()
     ck.close()  # the reported failure does not raise again on the way out
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1", "2"]
+
+
+def test_failed_save_for_a_non_disk_reason_does_not_blame_the_disk(tmp_path, monkeypatch):
+    """A pod barrier error (seen at step 72 of a 2 x 4 probe) is not a full disk: the line says
+    to rerun, not to free space."""
+    _two_steps(tmp_path)
+    ck = checkpointing.Checkpointer(tmp_path, keep=3)
+
+    def barrier_error(*args, **kwargs):
+        raise RuntimeError("FAILED_PRECONDITION: Barrier set_value_start is already ongoing")
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", barrier_error)
+    with pytest.raises(checkpointing.CheckpointSaveError) as info:
+        ck.save(3, _state(3))
+    message = str(info.value)
+    assert "already ongoing" in message and message.endswith("Rerun to resume")
+    assert "Free space" not in message
+    monkeypatch.undo()
+    ck.close()
+
+
+def test_a_wrapped_disk_error_still_says_to_free_space():
+    try:
+        try:
+            raise OSError(28, "No space left on device")
+        except OSError as e:
+            raise ValueError("tensorstore write failed") from e
+    except ValueError as wrapped:
+        assert checkpointing._is_file_system_error(wrapped)
+    assert checkpointing._is_file_system_error(ValueError("UNKNOWN: Permission denied [source]"))
+    assert not checkpointing._is_file_system_error(RuntimeError("DEADLINE_EXCEEDED: barrier"))
 
 
 def test_a_damaged_newest_step_is_not_taken_for_a_checkpoint_of_another_config(tmp_path):
