@@ -234,8 +234,12 @@ def main(argv) -> None:
     ) as e:
         _fail(str(e))
     if not FLAGS["verbosity"].present:
-        # Progress lines and tables are printed; library INFO logs (orbax, clu) only with -v 0.
+        # Progress lines and tables are printed; library INFO logs (orbax, clu) only with -v 0,
+        # and library errors as one line each (the run reports what failed itself).
         logging.set_verbosity(logging.WARNING)
+        from msc_seg.reporting import quiet_library_tracebacks
+
+        quiet_library_tracebacks()
     print(
         f"{FLAGS.mode}: the command line and config are valid; loading TensorFlow ...", flush=True
     )

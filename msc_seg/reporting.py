@@ -7,6 +7,7 @@ Only process 0 writes files; other processes log to stdout only.
 from __future__ import annotations
 
 import json
+import logging as py_logging
 import math
 import os
 import pathlib
@@ -272,6 +273,36 @@ def overlay(image: np.ndarray, label: np.ndarray, palette: np.ndarray, alpha: fl
     colors = colorize(label, palette).astype(np.float32)
     blend = (1 - alpha) * image.astype(np.float32) + alpha * colors
     return np.where((label >= 0)[..., None], blend, image).astype(np.uint8)
+
+
+class OneLineLibraryErrors(py_logging.Filter):
+    """A logging filter: a library's ERROR record (orbax's background save threads, clu's
+    TensorBoard writer) becomes one line, its traceback dropped. A full disk made orbax and clu
+    log ~300 lines of tracebacks before the run's own one-line report; with the filter they are
+    ~8 lines. `--verbosity=0` (or any explicit --verbosity) keeps the tracebacks."""
+
+    LIMIT = 300
+
+    def filter(self, record) -> bool:
+        if record.levelno >= py_logging.ERROR and (record.exc_info or "\n" in str(record.msg)):
+            try:
+                text = record.getMessage()
+            except (TypeError, ValueError):
+                text = str(record.msg)
+            text = " ".join(text.split("Traceback (most recent call last)")[0].split())
+            if len(text) > self.LIMIT:
+                text = text[: self.LIMIT - 5] + " ..."
+            record.msg, record.args = text, ()
+            record.exc_info = record.exc_text = record.stack_info = None
+        return True
+
+
+def quiet_library_tracebacks() -> None:
+    """Installs OneLineLibraryErrors on absl's logger (orbax and clu log through it) and on
+    asyncio's (orbax's unretrieved write futures: "Future exception was never retrieved")."""
+    for logger in (logging.get_absl_logger(), py_logging.getLogger("asyncio")):
+        if not any(isinstance(f, OneLineLibraryErrors) for f in logger.filters):
+            logger.addFilter(OneLineLibraryErrors())
 
 
 def log_and_print(message: str) -> None:

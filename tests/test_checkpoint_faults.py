@@ -7,7 +7,9 @@ uses, damages step 2 the way disks and kills do, and restores as a restart would
 from __future__ import annotations
 
 import errno
+import logging as py_logging
 import pathlib
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +18,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from msc_seg import checkpointing
+from msc_seg.reporting import OneLineLibraryErrors
 
 
 def _state(step: int) -> dict:
@@ -198,3 +201,27 @@ def test_a_damaged_newest_step_is_not_taken_for_a_checkpoint_of_another_config(t
     other = {"w": jax.ShapeDtypeStruct((7,), jnp.float32)}
     with pytest.raises(checkpointing.WorkdirMismatchError, match="checkpoints/2"):
         check(tmp_path, config, what="this config", abstract_state=other)
+
+
+def test_library_errors_are_one_line_each_under_the_default_verbosity():
+    """orbax's background threads and clu's writer log ERRORs with tracebacks when the disk
+    fills (~300 lines before the run's own report); the default log keeps one line each."""
+    try:
+        raise OSError(28, "No space left on device")
+    except OSError:
+        exc_info = sys.exc_info()
+    record = py_logging.LogRecord(
+        "absl",
+        py_logging.ERROR,
+        "checkpoint.py",
+        369,
+        "Failed to write %s:\n%s",
+        ("x", "y"),
+        exc_info,
+    )
+    assert OneLineLibraryErrors().filter(record)
+    text = py_logging.Formatter().format(record)
+    assert text == "Failed to write x: y"
+    info = py_logging.LogRecord("absl", py_logging.INFO, "f.py", 1, "a\nb", (), None)
+    OneLineLibraryErrors().filter(info)
+    assert info.getMessage() == "a\nb"  # only errors are condensed
