@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 
@@ -16,3 +17,52 @@ def after(x, dep):
     (tests/test_ordering.py)."""
     dep = dep.astype(x.dtype)
     return jnp.where(dep == dep, x, dep)
+
+
+@jax.custom_vjp
+def backward_after(x, y):
+    """(x, y) unchanged; in the backward pass x's gradient waits for y's.
+
+    x: any pytree, y: an array. Why: a branch whose gradient depends only on the loss (the
+    contrastive projectors) is otherwise back-propagated as soon as the loss's gradient exists,
+    i.e. at the forward pass's end, the step's memory peak, and its buffers add to it. Tied
+    to the gradient of a tensor the main path reaches late, it runs after the main path has
+    freed its largest activations."""
+    return x, y
+
+
+def _backward_after_fwd(x, y):
+    return (x, y), None
+
+
+def _backward_after_bwd(_, grads):
+    gx, gy = grads
+    dep = gy.reshape(-1)[0]
+    return jax.tree.map(lambda g: after(g, dep), gx), gy
+
+
+backward_after.defvjp(_backward_after_fwd, _backward_after_bwd)
+
+
+def recompute_after_grad(fn, *args):
+    """fn(*args), recomputed in the backward pass only once its output's gradient exists.
+
+    args and fn's outputs: pytrees of float arrays. `jax.checkpoint` also recomputes, but XLA
+    may schedule the recomputation anywhere, and put it at the forward pass's end (the peak);
+    here the inputs of the recomputation are tied to the output gradient (`after`), so it
+    runs where that gradient is computed (with `backward_after`: late in the backward pass)."""
+
+    @jax.custom_vjp
+    def run(*args):
+        return fn(*args)
+
+    def run_fwd(*args):
+        return fn(*args), args
+
+    def run_bwd(args, g):
+        dep = jax.tree.leaves(g)[0].reshape(-1)[0]
+        args = jax.tree.map(lambda a: after(a, dep), args)
+        return jax.vjp(fn, *args)[1](g)
+
+    run.defvjp(run_fwd, run_bwd)
+    return run(*args)

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from msc_seg.models import ordering
 from msc_seg.models.conv import conv_layer
 from msc_seg.models.layers import (
     TORCH_BN_EPS,
@@ -85,8 +86,11 @@ def project_taps(
     taps: Sequence[jax.Array],
     train: bool,
     return_embeddings: bool,
+    *,
+    remat: bool = False,
 ) -> tuple[jax.Array, ...]:
-    """Per-scale projector outputs (float32 [B,h_s,w_s,D], finest first), or () unless asked."""
+    """Per-scale projector outputs (float32 [B,h_s,w_s,D], finest first), or () unless asked.
+    remat: recompute each projector in the backward pass (keeps only its input)."""
     if not return_embeddings:
         return ()
     if projectors is None:
@@ -94,6 +98,19 @@ def project_taps(
             "return_embeddings=True but the model was built with use_projectors=False "
             "(enable the contrastive loss's projectors)"
         )
-    return tuple(
-        proj(t, train=train).astype(jnp.float32) for proj, t in zip(projectors, taps, strict=True)
-    )
+
+    def run(proj: Projector, t: jax.Array) -> jax.Array:
+        if not remat:
+            return proj(t, train=train).astype(jnp.float32)
+        graphdef, params, rest = nnx.split(proj, nnx.Param, ...)
+
+        def pure(params, rest, t):
+            module = nnx.merge(graphdef, params, rest)
+            out = module(t, train=train).astype(jnp.float32)
+            return out, nnx.split(module, nnx.Param, ...)[2]
+
+        out, rest = ordering.recompute_after_grad(pure, params, rest, t)
+        nnx.update(proj, rest)  # the BatchNorm statistics of the one forward pass
+        return out
+
+    return tuple(run(p, t) for p, t in zip(projectors, taps, strict=True))

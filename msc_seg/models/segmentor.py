@@ -16,6 +16,7 @@ import numpy as np
 from flax import nnx
 
 from msc_seg.errors import ArgumentError
+from msc_seg.models import ordering
 from msc_seg.models.fcn_head import FCNHead
 from msc_seg.models.outputs import SegOutputs, finish_logits
 from msc_seg.models.projector import make_projectors, project_taps
@@ -170,17 +171,29 @@ class UPerNetSegmentor(nnx.Module):
             finish_logits, size=size, align_corners=self.align_corners, upsample=upsample_logits
         )
         feats = self.backbone(images.astype(self.dtype), train=train)
-        logits, fpn_outs = call(
-            lambda head, feats: head(feats, train=train),
+
+        def head_and_projectors(head, projectors, feats):
+            fpn_outs, fused = head.features(feats, train=train)
+            taps = fpn_outs if self.projector_position == "fpn" else feats
+            # Memory: the projectors' backward would otherwise run at the forward pass's end
+            # (the peak); recomputed and tied to the fused map's gradient, it runs once the
+            # head's backward has freed its largest buffers (Swin-T step: see benchmarks/
+            # README, "projectors after the head").
+            embeddings = project_taps(projectors, taps, train, return_embeddings, remat=train)
+            if embeddings:
+                embeddings, fused = ordering.backward_after(embeddings, fused)
+            return head.classify(fused, train=train), embeddings
+
+        logits, embeddings = call(
+            head_and_projectors,
             self.decode_head,
+            self.projectors,
             feats,
             remat=self.remat != "none",
         )
         aux = None
         if self.auxiliary_head is not None:
             aux = finish(self.auxiliary_head(feats[self.aux_in_index], train=train))
-        taps = fpn_outs if self.projector_position == "fpn" else feats
-        embeddings = project_taps(self.projectors, taps, train, return_embeddings)
         return SegOutputs(finish(logits), aux, embeddings)
 
 

@@ -89,6 +89,14 @@ class UPerHead(nnx.Module):
     def __call__(
         self, feats: Sequence[jax.Array], *, train: bool = False
     ) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+        fpn_outs, fused = self.features(feats, train=train)
+        return self.classify(fused, train=train), fpn_outs
+
+    def features(
+        self, feats: Sequence[jax.Array], *, train: bool = False
+    ) -> tuple[tuple[jax.Array, ...], jax.Array]:
+        """(fpn_outs as in __call__, fused [B,H/4,W/4,4*channels]: P2..P5 upsampled to P2 and
+        concatenated, the fpn_bottleneck's input)."""
         top = feats[-1]
         if len(feats) != len(self.lateral_convs) + 1:
             raise ValueError(
@@ -108,6 +116,10 @@ class UPerHead(nnx.Module):
         fused = jnp.concatenate(
             [fpn_outs[0]] + [self._resize(f, fpn_outs[0]) for f in fpn_outs[1:]], axis=-1
         )
+        return tuple(fpn_outs), fused
+
+    def classify(self, fused: jax.Array, *, train: bool = False) -> jax.Array:
+        """fused [B,H/4,W/4,4*channels] -> logits [B,H/4,W/4,num_classes]."""
         x = self.fpn_bottleneck(fused, train=train)
         x = self.dropout(x, deterministic=not train)
-        return self.classifier(x), tuple(fpn_outs)
+        return self.classifier(x)
