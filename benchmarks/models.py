@@ -316,6 +316,7 @@ def benchmark_one_model(name: str, args, save) -> dict:
     import jax
 
     from msc_seg import mesh as mesh_lib
+    from msc_seg.train import release_setup_programs
     from msc_seg.train_state import count_params
 
     case = MODELS[name]
@@ -332,6 +333,7 @@ def benchmark_one_model(name: str, args, save) -> dict:
     rss_after_imports = peak_host_rss_bytes()  # the baseline: before the weights are created
     model_def = parts.model_def
     state = jax.block_until_ready(parts.create_state())
+    release_setup_programs()  # as msc_seg.train does
     init_s = time.perf_counter() - t
     result = {
         "model": name,

@@ -85,6 +85,7 @@ def serve_ours(args) -> None:
 
     from msc_seg import experiment
     from msc_seg import mesh as mesh_lib
+    from msc_seg.train import release_setup_programs
 
     case = bench.ModelCase(f"UPerNet-{args.backbone}", "upernet", args.backbone)
     config = bench.make_benchmark_config(case, args.batch, args.size, "float32", args.weight)
@@ -92,7 +93,8 @@ def serve_ours(args) -> None:
     mesh = mesh_lib.make_mesh(1)
     batch = mesh_lib.host_batch_to_global(bench.make_synthetic_batch(args.batch, args.size), mesh)
     parts = experiment.build_train_parts(config, bench.NUM_CLASSES, mesh)
-    state = parts.create_state()
+    state = jax.block_until_ready(parts.create_state())
+    release_setup_programs()  # as msc_seg.train does
     key = jax.random.key(0)
     t = time.perf_counter()
     compiled = parts.train_step.lower(state, batch, key).compile()

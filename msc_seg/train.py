@@ -113,6 +113,14 @@ def _initial_state(exp: experiment.Experiment):
     return state, 0
 
 
+def release_setup_programs() -> None:
+    """Drops JAX's compiled programs and traces so far: the initialiser's (or the restore's)
+    are never run again, and XLA keeps each executable's program and buffer plan in memory
+    (UPerNet-Swin-T: the initialiser holds ~0.16 GiB of RSS for the whole run). Small helpers
+    compiled before recompile on their next use; nothing of the train step is compiled yet."""
+    jax.clear_caches()
+
+
 def _raise_if_nonfinite(exp: experiment.Experiment, step: int, nonfinite) -> None:
     if float(nonfinite) > 0:
         last = exp.checkpointer.latest_step()
@@ -179,6 +187,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     c = config
     try:
         state, step = _initial_state(exp)
+        release_setup_programs()
         exp.reporter.drop_rows_after(step)  # steps retrained after a kill are not logged twice
         reporting.log_and_print(
             f"Model {c.model.name}/{c.model.get('backbone', '-')}: "
