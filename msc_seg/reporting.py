@@ -279,7 +279,7 @@ class OneLineLibraryErrors(py_logging.Filter):
     """A logging filter: a library's ERROR record (orbax's background save threads, clu's
     TensorBoard writer) becomes one line, its traceback dropped. A full disk made orbax and clu
     log ~300 lines of tracebacks before the run's own one-line report; with the filter they are
-    ~8 lines. `--verbosity=0` (or any explicit --verbosity) keeps the tracebacks."""
+    7 lines. `--verbosity=0` (or any explicit --verbosity) keeps the tracebacks."""
 
     LIMIT = 300
 
