@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -42,10 +43,11 @@ def _free_port() -> int:
 
 def _env(devices: int) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+    # conftest's flags (fast tiny compiles), with this process's device count.
+    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ["XLA_FLAGS"])
     env.update(
         JAX_PLATFORMS="cpu",
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
-        "--xla_backend_optimization_level=0",
+        XLA_FLAGS=f"{flags.strip()} --xla_force_host_platform_device_count={devices}",
         PYTHONUNBUFFERED="1",
         TF_CPP_MIN_LOG_LEVEL="2",
     )
