@@ -279,12 +279,6 @@ def main(argv) -> None:
     except checkpointing.CheckpointSaveError as e:  # a fault, not a usage error: exit 1
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
-    finally:
-        # Python's final collection walks every object TensorFlow and JAX made: ~2-5 s of each
-        # exit on a 2-core CPU. Frozen objects are skipped; what needs closing is closed above.
-        import gc
-
-        gc.freeze()
 
 
 def refuse_renamed_overrides(argv: list[str]) -> None:
@@ -320,7 +314,15 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 def run() -> None:
     global _SAVED_CONFIG
+    import atexit
+    import gc
+
     from msc_seg import cli_checks
+
+    # Python's final collection walks every object TensorFlow and JAX made: ~2-5 s of each exit
+    # on a 2-core CPU. Registered first, so it runs after every other exit handler; the run has
+    # closed its files, writers and checkpoint managers by then, and frozen objects are skipped.
+    atexit.register(gc.freeze)
 
     refuse_renamed_overrides(sys.argv)
     argv, _SAVED_CONFIG = cli_checks.config_argv(sys.argv)
