@@ -14,18 +14,6 @@ if "xla_backend_optimization_level" not in _flags:
     # by about half; numerics differ only by float rounding.
     _flags += " --xla_backend_optimization_level=0"
 
-
-def _jaxlib_version() -> tuple[int, ...]:
-    from importlib.metadata import version
-
-    return tuple(int(p) for p in version("jaxlib").split(".")[:2] if p.isdigit())
-
-
-if "xla_cpu_use_fusion_emitters" not in _flags and _jaxlib_version() == (0, 10):
-    # XLA CPU's older elemental emitters compile the tiny test programs ~30% faster (train step
-    # of the pod test's model: 20.7 -> 14.6 s). Only for the jaxlib it was measured on: XLA
-    # aborts on a flag it no longer knows.
-    _flags += " --xla_cpu_use_fusion_emitters=false"
 os.environ["XLA_FLAGS"] = _flags.strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
