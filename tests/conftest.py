@@ -13,7 +13,6 @@ if "xla_backend_optimization_level" not in _flags:
     # Tests are compile-bound on a 2-core CPU: fewer XLA backend optimisations cut compile times
     # by about half; numerics differ only by float rounding.
     _flags += " --xla_backend_optimization_level=0"
-
 os.environ["XLA_FLAGS"] = _flags.strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

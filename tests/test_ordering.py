@@ -71,16 +71,16 @@ def test_recompute_after_grad_gives_the_same_outputs_and_gradients():
 
 
 def test_recomputed_projectors_equal_plain_ones_in_outputs_gradients_and_statistics():
-    """project_taps(remat=True) (UPerNet's training path) against the plain projectors."""
+    """project_taps(recompute_late=True) (UPerNet's training path) against the plain projectors."""
     taps = [jax.random.normal(jax.random.key(i), (2, 8 // 2**i, 8 // 2**i, 6)) for i in range(2)]
 
-    def run(remat):
+    def run(recompute):
         projectors = make_projectors([6, 6], 4, True, rngs=nnx.Rngs(0))
         graphdef, params, rest = nnx.split(projectors, nnx.Param, ...)
 
         def loss(params, taps, rest):
             module = nnx.merge(graphdef, params, rest, copy=True)
-            out = project_taps(module, taps, True, True, remat=remat)
+            out = project_taps(module, taps, True, True, recompute_late=recompute)
             value = sum(jnp.sum(jnp.tanh(o) * (i + 1)) for i, o in enumerate(out))
             return value, (out, nnx.split(module, nnx.Param, ...)[2])
 

@@ -81,16 +81,32 @@ def make_projectors(
     return nnx.List([Projector(c, embedding_dim, **kw) for c in channels])
 
 
+def _project_recomputed_late(proj: Projector, t: jax.Array, train: bool) -> jax.Array:
+    """proj(t) as float32, recomputed in the backward pass once its output's gradient exists
+    (ordering.recompute_after_grad); its BatchNorm statistics are those of this forward pass."""
+    graphdef, params, rest = nnx.split(proj, nnx.Param, ...)
+
+    def pure(params, rest, t):
+        module = nnx.merge(graphdef, params, rest)
+        out = module(t, train=train).astype(jnp.float32)
+        return out, nnx.split(module, nnx.Param, ...)[2]
+
+    out, rest = ordering.recompute_after_grad(pure, params, rest, t)
+    nnx.update(proj, rest)
+    return out
+
+
 def project_taps(
     projectors: nnx.List | None,
     taps: Sequence[jax.Array],
     train: bool,
     return_embeddings: bool,
     *,
-    remat: bool = False,
+    recompute_late: bool = False,
 ) -> tuple[jax.Array, ...]:
     """Per-scale projector outputs (float32 [B,h_s,w_s,D], finest first), or () unless asked.
-    remat: recompute each projector in the backward pass (keeps only its input)."""
+    recompute_late: keep only each projector's input and recompute it in the backward pass,
+    where its output's gradient arrives (unrelated to the model's `remat` modes)."""
     if not return_embeddings:
         return ()
     if projectors is None:
@@ -98,19 +114,10 @@ def project_taps(
             "return_embeddings=True but the model was built with use_projectors=False "
             "(enable the contrastive loss's projectors)"
         )
-
-    def run(proj: Projector, t: jax.Array) -> jax.Array:
-        if not remat:
-            return proj(t, train=train).astype(jnp.float32)
-        graphdef, params, rest = nnx.split(proj, nnx.Param, ...)
-
-        def pure(params, rest, t):
-            module = nnx.merge(graphdef, params, rest)
-            out = module(t, train=train).astype(jnp.float32)
-            return out, nnx.split(module, nnx.Param, ...)[2]
-
-        out, rest = ordering.recompute_after_grad(pure, params, rest, t)
-        nnx.update(proj, rest)  # the BatchNorm statistics of the one forward pass
-        return out
-
-    return tuple(run(p, t) for p, t in zip(projectors, taps, strict=True))
+    if recompute_late:
+        return tuple(
+            _project_recomputed_late(p, t, train) for p, t in zip(projectors, taps, strict=True)
+        )
+    return tuple(
+        proj(t, train=train).astype(jnp.float32) for proj, t in zip(projectors, taps, strict=True)
+    )

@@ -179,7 +179,9 @@ class UPerNetSegmentor(nnx.Module):
             # (the peak); recomputed and tied to the fused map's gradient, it runs once the
             # head's backward has freed its largest buffers (Swin-T step: see benchmarks/
             # README, "projectors after the head").
-            embeddings = project_taps(projectors, taps, train, return_embeddings, remat=train)
+            embeddings = project_taps(
+                projectors, taps, train, return_embeddings, recompute_late=train
+            )
             if embeddings:
                 embeddings, fused = ordering.backward_after(embeddings, fused)
             return head.classify(fused, train=train), embeddings
