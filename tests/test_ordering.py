@@ -2,12 +2,14 @@
 (the tie must survive XLA's simplifier); `backward_after` and `recompute_after_grad` move a
 branch's backward pass later without changing any value or gradient."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from msc_seg.models.ordering import after, backward_after, recompute_after_grad
+from msc_seg.models.ordering import after, backward_after, recompute_after_grad, zeros_after
 from msc_seg.models.projector import make_projectors, project_taps
 
 
@@ -25,6 +27,26 @@ def test_the_tie_to_the_scalar_survives_xla_optimisation():
 
     hlo = jax.jit(f).lower(jnp.ones((4, 4)), jnp.ones((3,))).compile().as_text()
     assert "compare(" in hlo, hlo
+
+
+def test_zeros_after_are_zeros_whatever_the_value_holds_nan_included():
+    for value in (jnp.arange(3.0), jnp.full((2, 2), jnp.nan), jnp.array([7, 0], jnp.int32)):
+        for dtype in (jnp.float32, jnp.bfloat16, jnp.int32):
+            z = zeros_after((2, 3), dtype, value)
+            assert z.dtype == dtype and z.shape == (2, 3)
+            np.testing.assert_array_equal(np.asarray(z, np.float32), np.zeros((2, 3)))
+
+
+def test_the_zero_buffer_stays_tied_to_its_value_in_the_optimised_program():
+    """The buffer reads the value (a compare XLA keeps), so it cannot be made before it."""
+
+    def f(x):
+        buf = zeros_after((8, 4), jnp.float32, x)
+        return jax.lax.fori_loop(0, 8, lambda i, b: b.at[i].set(x[i] * 2.0), buf)
+
+    hlo = jax.jit(f).lower(jnp.ones((8, 4))).compile().as_text()
+    # the tie: a value compared with itself for equality (the loop's condition compares i, 8)
+    assert re.search(r"compare\((%[\w.]+), \1\), direction=EQ", hlo), hlo
 
 
 def test_backward_after_changes_no_value_or_gradient():

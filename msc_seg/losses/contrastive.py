@@ -42,6 +42,7 @@ from msc_seg.losses.sampling import (
     sample_group_anchors,
     split_groups,
 )
+from msc_seg.models import ordering
 
 _NORM_EPS = 1e-12  # torch.nn.functional.normalize default
 _TINY = 1e-30  # keeps log() finite for pathological tiny temperatures
@@ -179,7 +180,9 @@ def _info_nce_blocked(
     num_col_tiles = (_extent(vb) + bc - 1) // bc
     dslice = jax.lax.dynamic_slice_in_dim
     inputs = (a, ya, va, b, yb, vb)
-    zeros = lambda shape: _varying_like(jnp.zeros(shape, jnp.float32), *inputs)
+    # Made once the anchors exist: left free, XLA made these loop buffers at the step's start
+    # and held them through the forward pass's end (ordering.zeros_after).
+    zeros = lambda shape: _varying_like(ordering.zeros_after(shape, jnp.float32, a), *inputs)
     dupdate = jax.lax.dynamic_update_slice_in_dim
 
     def masks(ya_r, row0, t):

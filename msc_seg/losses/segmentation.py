@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from msc_seg.data.conventions import IGNORE_LABEL
+from msc_seg.models import ordering
 from msc_seg.models.layers import interpolate_linear_1d
 
 # Values of full-resolution logits one chunk of `upsampled_cross_entropy` holds ([B,rows,W,K]):
@@ -100,9 +101,16 @@ def _upsampled_ce_and_grad(logits, labels, weights, align_corners, rows):
         dz = (jnp.exp(logp) - jax.nn.one_hot(y, classes, dtype=z.dtype)) * (w / denom)[..., None]
         return jnp.sum(nll * w), back_w(dz)[0]
 
-    losses, grads = jax.lax.map(
-        one_chunk, (chunked(up_h, 0.0), chunked(safe, 0), chunked(pixel_w, 0.0))
-    )
+    def body(grads, chunk):  # lax.map with its output buffer made by us (below)
+        i, args = chunk
+        loss, grad = one_chunk(args)
+        return jax.lax.dynamic_update_index_in_dim(grads, grad, i, 0), loss
+
+    xs = (chunked(up_h, 0.0), chunked(safe, 0), chunked(pixel_w, 0.0))
+    # Made once the upsampled logits exist: as lax.map's own output buffer XLA made it at the
+    # step's start and held it through the forward pass's end (ordering.zeros_after).
+    grads = ordering.zeros_after(xs[0].shape, xs[0].dtype, up_h)
+    grads, losses = jax.lax.scan(body, grads, (jnp.arange(n), xs))
     grads = jnp.swapaxes(grads, 0, 1).reshape((batch, n * rows) + grads.shape[3:])
     return jnp.sum(losses) / denom, back_h(grads[:, :height])[0]
 

@@ -19,6 +19,20 @@ def after(x, dep):
     return jnp.where(dep == dep, x, dep)
 
 
+def zeros_after(shape, dtype, value: jax.Array) -> jax.Array:
+    """jnp.zeros(shape, dtype), made once `value` (any array) exists, whatever it holds.
+
+    Why: a loop's zero-filled buffer (a scan's output, a gradient accumulator) depends on
+    nothing, and XLA CPU's scheduler made several at the start of the step and held them through
+    the forward pass's end, the peak (UPerNet-Swin-T: ~0.3 GiB; benchmarks/README, "zero
+    buffers"). Tied to the loop's input they are made when the loop runs. The tie reads
+    isnan(first element), a 0/1 that is never NaN, so a NaN in `value` does not spread."""
+    first = value.reshape(-1)[0]
+    flag = jnp.isnan(first) if jnp.issubdtype(first.dtype, jnp.inexact) else first != 0
+    # The tie is made on a float scalar: a compare of integers with themselves is simplified.
+    return jnp.full(shape, after(jnp.zeros((), jnp.float32), flag).astype(dtype))
+
+
 @jax.custom_vjp
 def backward_after(x, y):
     """(x, y) unchanged; in the backward pass x's gradient waits for y's.
