@@ -24,7 +24,7 @@ def zeros_after(shape, dtype, value: jax.Array) -> jax.Array:
 
     Why: a loop's zero-filled buffer (a scan's output, a gradient accumulator) depends on
     nothing, and XLA CPU's scheduler made several at the start of the step and held them through
-    the forward pass's end, the peak (UPerNet-Swin-T: ~0.3 GiB; benchmarks/README, "zero
+    the forward pass's end, the peak (UPerNet-Swin-T: ~0.3 GiB; benchmarks/README.md, "Zero
     buffers"). Tied to the loop's input they are made when the loop runs. The tie reads
     isnan(first element), a 0/1 that is never NaN, so a NaN in `value` does not spread."""
     first = value.reshape(-1)[0]
