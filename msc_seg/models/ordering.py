@@ -27,10 +27,16 @@ def zeros_after(shape, dtype, value: jax.Array) -> jax.Array:
     the forward pass's end, the peak (UPerNet-Swin-T: ~0.3 GiB; benchmarks/README.md, "Zero
     buffers"). Tied to the loop's input they are made when the loop runs. The tie reads
     isnan(first element), a 0/1 that is never NaN, so a NaN in `value` does not spread."""
+    # The tie is made on a float scalar: a compare of integers with themselves is simplified.
+    return jnp.full(shape, after(jnp.zeros((), jnp.float32), first_flag(value)).astype(dtype))
+
+
+def first_flag(value: jax.Array) -> jax.Array:
+    """A float32 0/1 scalar read from value's first element, never NaN: `after(x,
+    first_flag(v))` makes x wait for v without a NaN in v reaching x."""
     first = value.reshape(-1)[0]
     flag = jnp.isnan(first) if jnp.issubdtype(first.dtype, jnp.inexact) else first != 0
-    # The tie is made on a float scalar: a compare of integers with themselves is simplified.
-    return jnp.full(shape, after(jnp.zeros((), jnp.float32), flag).astype(dtype))
+    return flag.astype(jnp.float32)
 
 
 @jax.custom_vjp

@@ -112,21 +112,22 @@ def _slab(x, first, count: int, cols: int):
 
 def _forward(x, w, precision, after=None):
     """x [B,H,W,I] -> [B,H,W,O]. `after`: a scalar that must be computed before the output
-    buffer and the transformed kernel are made (see _conv3x3_bwd and ordering.after)."""
+    buffer and the transformed kernel are made (see _conv3x3_bwd and ordering.after); without
+    it they wait for x (a NaN-free tie, ordering.first_flag)."""
     b, h, wd, cin = x.shape
     cout = w.shape[-1]
     cols = -(-wd // 2)
     size, count = _chunks(h, wd, b, max(cin, cout))
-    if after is not None:
-        w = ordering.after(w, after)
+    tie = ordering.first_flag(x) if after is None else after
+    # The transformed kernel [16,I,O] once per call, before the loop: XLA does not hoist it out
+    # of the loop by itself (it is 16/9 larger than w), and made in each of the 16 chunks it
+    # cost 0.73 s of the Swin-T step (the fpn_bottleneck's forward and dx). Tied to x, it is
+    # made after the concat that feeds the fpn_bottleneck, the step's memory peak.
+    wt = _weight_transform(ordering.after(w, tie))
 
     def chunk(first):
-        # The transformed kernel [16,I,O] is loop-invariant, but XLA makes it in every chunk
-        # (Swin-T step profile: 16 calls of ~23 ms for the fpn_bottleneck's, forward and dx).
-        # Made once before the loop it would hold 64 MiB through the loop, which for the
-        # fpn_bottleneck's forward is the step's memory peak.
         v = _input_transform(_slab(x, first, size, cols), cols)
-        m = jnp.einsum("ptc,pcd->ptd", v, _weight_transform(w), precision=precision)
+        m = jnp.einsum("ptc,pcd->ptd", v, wt, precision=precision)
         return _output_transform(m, b, size, cols)
 
     if count == 1:
@@ -136,11 +137,9 @@ def _forward(x, w, precision, after=None):
     def body(y, i):
         return lax.dynamic_update_slice_in_dim(y, chunk(i * size), 2 * size * i, axis=1), None
 
-    shape = (b, 2 * size * count, 2 * cols, cout)
-    if after is None:  # made once x exists, not at the step's start (ordering.zeros_after)
-        y = ordering.zeros_after(shape, x.dtype, x)
-    else:
-        y = jnp.full(shape, ordering.after(jnp.zeros((), x.dtype), after))
+    # The output buffer, made then too (a zero-filled loop buffer is otherwise made whenever
+    # XLA likes: at the step's start; ordering.zeros_after).
+    y = jnp.full((b, 2 * size * count, 2 * cols, cout), ordering.after(jnp.zeros((), x.dtype), tie))
     return lax.scan(body, y, jnp.arange(count))[0][:, :h, :wd]
 
 
