@@ -112,18 +112,18 @@ def _slab(x, first, count: int, cols: int):
 
 def _forward(x, w, precision, after=None):
     """x [B,H,W,I] -> [B,H,W,O]. `after`: a scalar that must be computed before the output
-    buffer and the transformed kernel are made (see _conv3x3_bwd and ordering.after); without
-    it they wait for x (a NaN-free tie, ordering.first_flag)."""
+    buffer and the transformed kernel are made (see _conv3x3_bwd); without it they wait for x
+    (NaN-free ties, ordering.first_flag / zeros_after)."""
     b, h, wd, cin = x.shape
     cout = w.shape[-1]
     cols = -(-wd // 2)
     size, count = _chunks(h, wd, b, max(cin, cout))
-    tie = ordering.first_flag(x) if after is None else after
+    first = x if after is None else after  # what the kernel transform and buffer wait for
     # The transformed kernel [16,I,O] once per call, before the loop: XLA does not hoist it out
     # of the loop by itself (it is 16/9 larger than w), and made in each of the 16 chunks it
-    # cost 0.73 s of the Swin-T step (the fpn_bottleneck's forward and dx). Tied to x, it is
-    # made after the concat that feeds the fpn_bottleneck, the step's memory peak.
-    wt = _weight_transform(ordering.after(w, tie))
+    # cost 0.73 s of the Swin-T step (the fpn_bottleneck's forward and dx). Tied to x, it waits
+    # for the concat that feeds the fpn_bottleneck (the Swin-T plan stayed 3.85 GiB).
+    wt = _weight_transform(ordering.after(w, ordering.first_flag(first)))
 
     def chunk(first):
         v = _input_transform(_slab(x, first, size, cols), cols)
@@ -137,9 +137,7 @@ def _forward(x, w, precision, after=None):
     def body(y, i):
         return lax.dynamic_update_slice_in_dim(y, chunk(i * size), 2 * size * i, axis=1), None
 
-    # The output buffer, made then too (a zero-filled loop buffer is otherwise made whenever
-    # XLA likes: at the step's start; ordering.zeros_after).
-    y = jnp.full((b, 2 * size * count, 2 * cols, cout), ordering.after(jnp.zeros((), x.dtype), tie))
+    y = ordering.zeros_after((b, 2 * size * count, 2 * cols, cout), x.dtype, first)
     return lax.scan(body, y, jnp.arange(count))[0][:, :h, :wd]
 
 
