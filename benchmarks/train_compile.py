@@ -48,6 +48,8 @@ def child(args) -> dict:
     weight = 0.1 if args.contrastive_weight is None else args.contrastive_weight
     config = bench.make_benchmark_config(case, args.batch, args.size, args.dtype, weight)
     config.model.update(bench.parse_model_kwargs(args.model_kwargs))  # e.g. remat, scan_blocks
+    if args.scheduler:  # else the config's (configs/ade20k_upernet.py picks one per Swin)
+        config.xla_cpu_scheduler = args.scheduler
     config_lib.validate(config, experiment.runtime_facts())
     mesh = mesh_lib.make_mesh(config.mesh.data)
     batch = mesh_lib.host_batch_to_global(bench.make_synthetic_batch(args.batch, args.size), mesh)
@@ -125,6 +127,7 @@ def run_child(name: str, args) -> dict:
         f"--dtype={args.dtype}",
         f"--model-kwargs={args.model_kwargs}",
         f"--guard={args.guard}",
+        f"--scheduler={args.scheduler}",
     ]
     if args.lower_only:
         cmd.append("--lower-only")
@@ -198,6 +201,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--contrastive-weight", type=float, default=None, help="override (0: no MS+CS loss)"
+    )
+    parser.add_argument(
+        "--scheduler",
+        default="",
+        choices=("", "memory", "concurrency"),
+        help="override the config's xla_cpu_scheduler (the CPU train step's XLA scheduler)",
     )
     parser.add_argument(
         "--lower-only", action="store_true", help="trace and lower only: HLO size and op counts"

@@ -1,0 +1,94 @@
+"""The train step's XLA options: on CPU the memory-optimised scheduler (a smaller buffer plan for
+the paper's steps), nothing on other platforms, and never an option this jaxlib refuses."""
+
+from __future__ import annotations
+
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from msc_seg import experiment
+from msc_seg import mesh as mesh_lib
+
+
+def test_cpu_train_step_gets_the_memory_optimised_scheduler_and_this_jaxlib_accepts_it():
+    options = experiment.train_step_compiler_options(mesh_lib.make_mesh(1))
+    # Asserted, not assumed: a jaxlib that renamed the option would drop it silently at run time
+    # (see _cpu_option_supported); the suite says so instead.
+    assert options == experiment.CPU_MEMORY_SCHEDULER
+    fn = jax.jit(lambda x: jnp.tanh(x) @ x, compiler_options=options)
+    np.testing.assert_allclose(np.asarray(fn(jnp.eye(3))), np.tanh(1.0) * np.eye(3), rtol=1e-6)
+
+
+def test_options_reach_xla_a_bad_value_is_refused():
+    """What proves compiler_options are passed to XLA (not ignored): a bad value fails."""
+    fn = jax.jit(lambda x: x + 1, compiler_options={"xla_cpu_scheduler_type": "NO_SUCH_TYPE"})
+    with pytest.raises(Exception, match="xla_cpu_scheduler_type"):
+        fn(jnp.ones(2))
+
+
+def test_concurrency_scheduler_is_xla_default_no_options():
+    assert experiment.train_step_compiler_options(mesh_lib.make_mesh(1), "concurrency") == {}
+
+
+def test_recipe_picks_the_scheduler_with_the_smaller_measured_plan_per_swin():
+    from msc_seg import recipes
+
+    picks = {
+        b: recipes.paper_config("upernet", "ade20k_swin", f"backbone={b}").xla_cpu_scheduler
+        for b in ("swin_t", "swin_s", "swin_b", "swin_l")
+    }
+    assert picks == {
+        "swin_t": "memory",
+        "swin_s": "concurrency",
+        "swin_b": "concurrency",
+        "swin_l": "concurrency",
+    }
+    assert recipes.paper_config("hrnet", "ade20k", None).xla_cpu_scheduler == "memory"
+
+
+def test_unknown_scheduler_is_a_config_error_naming_the_field():
+    from msc_seg import config_lib
+
+    c = config_lib.base_config()
+    c.xla_cpu_scheduler = "fast"
+    with pytest.raises(config_lib.ConfigError, match="xla_cpu_scheduler"):
+        config_lib.validate(c, experiment.runtime_facts())
+
+
+def test_non_cpu_mesh_gets_no_cpu_options():
+    gpu = types.SimpleNamespace(platform="gpu")
+    mesh = types.SimpleNamespace(devices=np.asarray([gpu, gpu], dtype=object))
+    assert experiment.train_step_compiler_options(mesh) == {}
+
+
+def test_an_option_this_jaxlib_refuses_is_dropped(monkeypatch):
+    monkeypatch.setattr(
+        experiment, "CPU_MEMORY_SCHEDULER", {"xla_cpu_scheduler_type": "NO_SUCH_TYPE"}
+    )
+    experiment._cpu_option_supported.cache_clear()
+    try:
+        assert experiment.train_step_compiler_options(mesh_lib.make_mesh(1)) == {}
+    finally:
+        experiment._cpu_option_supported.cache_clear()
+
+
+def test_build_train_parts_compiles_the_step_with_these_options(monkeypatch):
+    """The train step's jit gets train_step_compiler_options(mesh): a refused value there makes
+    its compile fail, naming the option (a tiny DeepLabV3 step; only traced, never run)."""
+    from test_mixed_precision import K, tiny_config
+
+    bad = {"xla_cpu_scheduler_type": "NO_SUCH_TYPE"}
+    monkeypatch.setattr(experiment, "train_step_compiler_options", lambda mesh, scheduler: bad)
+    config = tiny_config("deeplabv3", "float32")
+    parts = experiment.build_train_parts(config, K, mesh_lib.make_mesh(1))
+    batch = {
+        "image": jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32),
+        "label": jax.ShapeDtypeStruct((2, 32, 32), jnp.int32),
+    }
+    lowered = parts.train_step.lower(parts.abstract_state, batch, jax.random.key(0))
+    with pytest.raises(Exception, match="xla_cpu_scheduler_type"):
+        lowered.compile()
