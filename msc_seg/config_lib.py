@@ -107,7 +107,7 @@ def upernet_model(**overrides) -> ml_collections.ConfigDict:
     )
 
 
-CPU_SCHEDULERS = ("memory", "concurrency")
+CPU_SCHEDULERS = ("auto", "memory", "concurrency")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -124,9 +124,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_every_steps = 16_000
     c.checkpoint_every_steps = 4_000
     c.keep_checkpoints = 3  # the last K; the best by val mIoU is kept separately
-    # XLA's scheduler of the CPU train step: "memory" (smaller buffer plan for most models) or
-    # "concurrency" (XLA's default; smaller for UPerNet-Swin-S/B/L). docs/CONFIGS.md.
-    c.xla_cpu_scheduler = "memory"
+    # XLA's scheduler of the CPU train step: "memory" (smaller buffer plan for most models),
+    # "concurrency" (XLA's default; smaller for UPerNet-Swin-S/B/L) or "auto" ("memory" from
+    # one 512x512 crop per device on). docs/CONFIGS.md.
+    c.xla_cpu_scheduler = "auto"
 
     c.dataset = ml_collections.ConfigDict()
     c.dataset.name = "demo"
@@ -350,7 +351,7 @@ def validate(config: ml_collections.ConfigDict, facts: RuntimeFacts) -> None:
     ):
         if int(c[field]) <= 0:
             raise _err(field, c[field], "must be a positive integer")
-    if c.get("xla_cpu_scheduler", "memory") not in CPU_SCHEDULERS:
+    if c.get("xla_cpu_scheduler", "auto") not in CPU_SCHEDULERS:
         raise _err("xla_cpu_scheduler", c.xla_cpu_scheduler, f"must be one of {CPU_SCHEDULERS}")
     n_dev = data_devices(c, facts)
     if c.batch_size % facts.process_count:

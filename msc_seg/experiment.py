@@ -454,7 +454,11 @@ def build_train_parts(
             step,
             donate_argnums=(0,),
             compiler_options=train_step_compiler_options(
-                mesh, config.get("xla_cpu_scheduler", "memory")
+                mesh,
+                config.get("xla_cpu_scheduler", "auto"),
+                pixels_per_device=int(np.prod(config.dataset.train.crop_size))
+                * config.batch_size
+                // mesh.size,
             ),
         ),
     )
@@ -463,15 +467,25 @@ def build_train_parts(
 CPU_MEMORY_SCHEDULER = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
 
 
-def train_step_compiler_options(mesh, scheduler: str = "memory") -> dict[str, str]:
+AUTO_MIN_PIXELS = 512 * 512  # "auto": the memory scheduler from one 512x512 crop per device
+
+
+def train_step_compiler_options(
+    mesh, scheduler: str = "auto", *, pixels_per_device: int = AUTO_MIN_PIXELS
+) -> dict[str, str]:
     """XLA options of the train step (config field `xla_cpu_scheduler`). On CPU, "memory" asks
     for XLA's memory-optimised scheduler: the default one orders operations for concurrency,
     which a CPU step (each operation already uses every core) gains little from, and for most
     paper models its order keeps more buffers alive (512x512, batch 2, XLA's buffer plan:
     DeepLabV3 7.07 -> 6.57 GiB, HRNet 5.13 -> 4.70, OCRNet 6.10 -> 5.53, UPerNet-Swin-T 3.85 ->
     3.75; but Swin-S/B/L 5.02/6.38/9.57 -> 5.09/6.57/9.98, so configs/ade20k_upernet.py keeps
-    "concurrency" for them; benchmarks/README.md, "Scheduler"). {} for "concurrency", on other
-    platforms, or where this jaxlib lacks the option."""
+    "concurrency" for them; benchmarks/README.md, "Scheduler"). "auto" is "memory" from
+    AUTO_MIN_PIXELS crop pixels per device on, "concurrency" below: a small step's buffers do
+    not matter, and the memory scheduler costs ~20 % more compile CPU on tiny programs (the
+    tests' train steps). {} for "concurrency", on other platforms, or where this jaxlib lacks
+    the option."""
+    if scheduler == "auto":
+        scheduler = "memory" if pixels_per_device >= AUTO_MIN_PIXELS else "concurrency"
     if scheduler != "memory" or mesh.devices.flat[0].platform != "cpu":
         return {}
     if not _cpu_option_supported():

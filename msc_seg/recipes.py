@@ -158,7 +158,7 @@ def upernet_swin(c: ml_collections.ConfigDict, args) -> None:
     # XLA's buffer plan of the 512x512 batch-2 step is smaller with the memory-optimised
     # scheduler for Swin-T (3.85 -> 3.75 GiB) but larger for Swin-S/B/L (5.02/6.38/9.57 ->
     # 5.09/6.57/9.98): benchmarks/README.md, "Scheduler".
-    c.xla_cpu_scheduler = "memory" if args.backbone == "swin_t" else "concurrency"
+    c.xla_cpu_scheduler = "auto" if args.backbone == "swin_t" else "concurrency"
 
 
 MODELS: dict[str, Callable] = {

@@ -15,7 +15,7 @@ from msc_seg import mesh as mesh_lib
 
 
 def test_cpu_train_step_gets_the_memory_optimised_scheduler_and_this_jaxlib_accepts_it():
-    options = experiment.train_step_compiler_options(mesh_lib.make_mesh(1))
+    options = experiment.train_step_compiler_options(mesh_lib.make_mesh(1), "memory")
     # Asserted, not assumed: a jaxlib that renamed the option would drop it silently at run time
     # (see _cpu_option_supported); the suite says so instead.
     assert options == experiment.CPU_MEMORY_SCHEDULER
@@ -30,6 +30,18 @@ def test_options_reach_xla_a_bad_value_is_refused():
         fn(jnp.ones(2))
 
 
+def test_auto_is_memory_from_one_512_crop_per_device_on_and_concurrency_below():
+    mesh = mesh_lib.make_mesh(1)
+    paper = 2 * 512 * 512  # the paper's crop at batch 2 on one device
+    assert experiment.train_step_compiler_options(mesh, "auto", pixels_per_device=paper) == (
+        experiment.CPU_MEMORY_SCHEDULER
+    )
+    assert experiment.train_step_compiler_options(mesh, "auto", pixels_per_device=512 * 512)
+    assert experiment.train_step_compiler_options(mesh, "auto", pixels_per_device=4 * 64**2) == {}
+    # "memory" asked for explicitly holds for any size.
+    assert experiment.train_step_compiler_options(mesh, "memory", pixels_per_device=1)
+
+
 def test_concurrency_scheduler_is_xla_default_no_options():
     assert experiment.train_step_compiler_options(mesh_lib.make_mesh(1), "concurrency") == {}
 
@@ -42,12 +54,12 @@ def test_recipe_picks_the_scheduler_with_the_smaller_measured_plan_per_swin():
         for b in ("swin_t", "swin_s", "swin_b", "swin_l")
     }
     assert picks == {
-        "swin_t": "memory",
+        "swin_t": "auto",
         "swin_s": "concurrency",
         "swin_b": "concurrency",
         "swin_l": "concurrency",
     }
-    assert recipes.paper_config("hrnet", "ade20k", None).xla_cpu_scheduler == "memory"
+    assert recipes.paper_config("hrnet", "ade20k", None).xla_cpu_scheduler == "auto"
 
 
 def test_unknown_scheduler_is_a_config_error_naming_the_field():
@@ -71,7 +83,7 @@ def test_an_option_this_jaxlib_refuses_is_dropped(monkeypatch):
     )
     experiment._cpu_option_supported.cache_clear()
     try:
-        assert experiment.train_step_compiler_options(mesh_lib.make_mesh(1)) == {}
+        assert experiment.train_step_compiler_options(mesh_lib.make_mesh(1), "memory") == {}
     finally:
         experiment._cpu_option_supported.cache_clear()
 
@@ -82,7 +94,7 @@ def test_build_train_parts_compiles_the_step_with_these_options(monkeypatch):
     from test_mixed_precision import K, tiny_config
 
     bad = {"xla_cpu_scheduler_type": "NO_SUCH_TYPE"}
-    monkeypatch.setattr(experiment, "train_step_compiler_options", lambda mesh, scheduler: bad)
+    monkeypatch.setattr(experiment, "train_step_compiler_options", lambda *a, **kw: bad)
     config = tiny_config("deeplabv3", "float32")
     parts = experiment.build_train_parts(config, K, mesh_lib.make_mesh(1))
     batch = {
