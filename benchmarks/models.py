@@ -697,6 +697,7 @@ def run_torch_peer(args) -> None:
             size=args.size,
             repeats=args.repeats,
             contrastive_weights=[float(v) for v in args.torch_contrastive_weights.split(",")],
+            emitters=args.emitters,
         )
         rows += torch_peer.compare(peer_args)
     if not rows:

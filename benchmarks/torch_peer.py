@@ -90,6 +90,8 @@ def serve_ours(args) -> None:
     case = bench.ModelCase(f"UPerNet-{args.backbone}", "upernet", args.backbone)
     config = bench.make_benchmark_config(case, args.batch, args.size, "float32", args.weight)
     config.model.aux_in_index, config.model.aux_conv_bias = 2, False  # HF's aux head
+    if args.emitters:  # else the config's (configs/ade20k_upernet.py: "elemental" for Swin-T)
+        config.xla_cpu_emitters = args.emitters
     mesh = mesh_lib.make_mesh(1)
     batch = mesh_lib.host_batch_to_global(bench.make_synthetic_batch(args.batch, args.size), mesh)
     parts = experiment.build_train_parts(config, bench.NUM_CLASSES, mesh)
@@ -163,7 +165,7 @@ class Server:
     def __init__(self, side: str, args, weight: float = 0.0):
         cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), f"--serve={side}"]
         cmd += [f"--backbone={args.backbone}", f"--batch={args.batch}", f"--size={args.size}"]
-        cmd += [f"--weight={weight}"]
+        cmd += [f"--weight={weight}", f"--emitters={args.emitters}"]
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
@@ -243,6 +245,12 @@ def format_rows(rows: list[dict], batch: int, size: int) -> str:
 
 
 def add_arguments(parser) -> None:
+    parser.add_argument(
+        "--emitters",
+        default="",
+        choices=("", "fusion", "elemental"),
+        help="override our config's xla_cpu_emitters (XLA:CPU's emitters of the step's fusions)",
+    )
     parser.add_argument(
         "--torch-peer-models",
         default="upernet_swin_t",

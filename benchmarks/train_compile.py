@@ -50,6 +50,8 @@ def child(args) -> dict:
     config.model.update(bench.parse_model_kwargs(args.model_kwargs))  # e.g. remat, scan_blocks
     if args.scheduler:  # else the config's (configs/ade20k_upernet.py picks one per Swin)
         config.xla_cpu_scheduler = args.scheduler
+    if args.emitters:  # else the config's (configs/ade20k_upernet.py: "elemental" for Swin-T)
+        config.xla_cpu_emitters = args.emitters
     config_lib.validate(config, experiment.runtime_facts())
     mesh = mesh_lib.make_mesh(config.mesh.data)
     batch = mesh_lib.host_batch_to_global(bench.make_synthetic_batch(args.batch, args.size), mesh)
@@ -128,6 +130,7 @@ def run_child(name: str, args) -> dict:
         f"--model-kwargs={args.model_kwargs}",
         f"--guard={args.guard}",
         f"--scheduler={args.scheduler}",
+        f"--emitters={args.emitters}",
     ]
     if args.lower_only:
         cmd.append("--lower-only")
@@ -207,6 +210,12 @@ def main() -> None:
         default="",
         choices=("", "memory", "concurrency"),
         help="override the config's xla_cpu_scheduler (the CPU train step's XLA scheduler)",
+    )
+    parser.add_argument(
+        "--emitters",
+        default="",
+        choices=("", "fusion", "elemental"),
+        help="override the config's xla_cpu_emitters (XLA:CPU's emitters of the step's fusions)",
     )
     parser.add_argument(
         "--lower-only", action="store_true", help="trace and lower only: HLO size and op counts"

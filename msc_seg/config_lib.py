@@ -108,6 +108,7 @@ def upernet_model(**overrides) -> ml_collections.ConfigDict:
 
 
 CPU_SCHEDULERS = ("auto", "memory", "concurrency")
+CPU_EMITTERS = ("auto", "fusion", "elemental")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -128,6 +129,10 @@ def base_config() -> ml_collections.ConfigDict:
     # "concurrency" (XLA's default; smaller for UPerNet-Swin-S/B/L) or "auto" ("memory" from
     # one 512x512 crop per device on). docs/CONFIGS.md.
     c.xla_cpu_scheduler = "auto"
+    # XLA's emitters of the CPU train step's fusions: "fusion" (MLIR, XLA's default), "elemental"
+    # (LLVM IR: tiny steps compile faster, smaller executable; large CNN steps compile far
+    # slower) or "auto" ("fusion" from one 512x512 crop per device on). docs/CONFIGS.md.
+    c.xla_cpu_emitters = "auto"
 
     c.dataset = ml_collections.ConfigDict()
     c.dataset.name = "demo"
@@ -353,6 +358,8 @@ def validate(config: ml_collections.ConfigDict, facts: RuntimeFacts) -> None:
             raise _err(field, c[field], "must be a positive integer")
     if c.get("xla_cpu_scheduler", "auto") not in CPU_SCHEDULERS:
         raise _err("xla_cpu_scheduler", c.xla_cpu_scheduler, f"must be one of {CPU_SCHEDULERS}")
+    if c.get("xla_cpu_emitters", "auto") not in CPU_EMITTERS:
+        raise _err("xla_cpu_emitters", c.xla_cpu_emitters, f"must be one of {CPU_EMITTERS}")
     n_dev = data_devices(c, facts)
     if c.batch_size % facts.process_count:
         raise _err(

@@ -459,46 +459,70 @@ def build_train_parts(
                 pixels_per_device=int(np.prod(config.dataset.train.crop_size))
                 * config.batch_size
                 // mesh.size,
+                emitters=config.get("xla_cpu_emitters", "auto"),
             ),
         ),
     )
 
 
 CPU_MEMORY_SCHEDULER = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+# XLA:CPU's elemental (LLVM IR) emitters in place of its MLIR fusion emitters.
+CPU_ELEMENTAL_EMITTERS = {"xla_cpu_use_fusion_emitters": False}
 
 
 AUTO_MIN_PIXELS = 512 * 512  # "auto": the memory scheduler from one 512x512 crop per device
 
 
 def train_step_compiler_options(
-    mesh, scheduler: str = "auto", *, pixels_per_device: int = AUTO_MIN_PIXELS
-) -> dict[str, str]:
-    """XLA options of the train step (config field `xla_cpu_scheduler`). On CPU, "memory" asks
-    for XLA's memory-optimised scheduler: the default one orders operations for concurrency,
-    which a CPU step (each operation already uses every core) gains little from, and for most
-    paper models its order keeps more buffers alive (512x512, batch 2, XLA's buffer plan:
-    DeepLabV3 7.07 -> 6.57 GiB, HRNet 5.13 -> 4.70, OCRNet 6.10 -> 5.53, UPerNet-Swin-T 3.85 ->
-    3.75; but Swin-S/B/L 5.02/6.38/9.57 -> 5.09/6.57/9.98, so configs/ade20k_upernet.py keeps
-    "concurrency" for them; benchmarks/README.md, "Scheduler"). "auto" is "memory" from
-    AUTO_MIN_PIXELS crop pixels per device on, "concurrency" below: a small step's buffers do
-    not matter, and the memory scheduler costs ~20 % more compile CPU on tiny programs (the
-    tests' train steps). {} for "concurrency", on other platforms, or where this jaxlib lacks
-    the option."""
+    mesh,
+    scheduler: str = "auto",
+    *,
+    pixels_per_device: int = AUTO_MIN_PIXELS,
+    emitters: str = "auto",
+) -> dict[str, str | bool]:
+    """XLA options of the train step on CPU (config fields `xla_cpu_scheduler` and
+    `xla_cpu_emitters`); {} on other platforms. benchmarks/README.md, "Scheduler" and
+    "Emitters", has the measurements (512x512, batch 2 is "paper size" below).
+
+    Scheduler: "memory" asks for XLA's memory-optimised scheduler. The default one orders
+    operations for concurrency, which a CPU step (each operation already uses every core) gains
+    little from, and for most paper models its order keeps more buffers alive (XLA's buffer
+    plan: DeepLabV3 7.07 -> 6.57 GiB, HRNet 5.13 -> 4.70, OCRNet 6.10 -> 5.53, UPerNet-Swin-T
+    3.85 -> 3.75; but Swin-S/B/L 5.02/6.38/9.57 -> 5.09/6.57/9.98, so configs/ade20k_upernet.py
+    keeps "concurrency" for them). "auto" is "memory" from AUTO_MIN_PIXELS crop pixels per
+    device on, "concurrency" below: a small step's buffers do not matter, and the memory
+    scheduler costs ~20 % more compile CPU on tiny programs (the tests' train steps).
+
+    Emitters: "elemental" compiles the step's fusions with XLA's elemental (LLVM IR) emitters
+    instead of its MLIR fusion emitters ("fusion", XLA's default), which build an MLIR context
+    and pass pipeline per fusion. Tiny steps compile faster with them (the demo config's step
+    in its tests' tiny form: 19 -> 13 s), and the executable is smaller (UPerNet-Swin-T: ~0.1
+    GiB, its peak against PyTorch's 1.02 -> 1.00, so the recipe picks them for Swin-T). But
+    large CNN steps compile far slower (paper size: HRNet 59 -> 177 s, OCRNet 67 -> 206 s).
+    "auto" is "elemental" below AUTO_MIN_PIXELS crop pixels per device, "fusion" from there on.
+
+    An option this jaxlib refuses (a renamed one) is dropped, not an error in every step."""
+    if mesh.devices.flat[0].platform != "cpu":
+        return {}
+    large = pixels_per_device >= AUTO_MIN_PIXELS
     if scheduler == "auto":
-        scheduler = "memory" if pixels_per_device >= AUTO_MIN_PIXELS else "concurrency"
-    if scheduler != "memory" or mesh.devices.flat[0].platform != "cpu":
-        return {}
-    if not _cpu_option_supported():
-        return {}
-    return dict(CPU_MEMORY_SCHEDULER)
+        scheduler = "memory" if large else "concurrency"
+    if emitters == "auto":
+        emitters = "fusion" if large else "elemental"
+    options = {}
+    if scheduler == "memory":
+        options.update(CPU_MEMORY_SCHEDULER)
+    if emitters == "elemental":
+        options.update(CPU_ELEMENTAL_EMITTERS)
+    return {k: v for k, v in options.items() if _cpu_option_supported(k, v)}
 
 
 @functools.cache
-def _cpu_option_supported() -> bool:
-    """Whether this jaxlib's XLA knows CPU_MEMORY_SCHEDULER (an option XLA renames is then
+def _cpu_option_supported(name: str, value) -> bool:
+    """Whether this jaxlib's XLA takes option `name` = `value` (an option XLA renames is then
     dropped, not an error in every train step): one compile of a scalar add."""
     try:
-        fn = jax.jit(lambda x: x + 1, compiler_options=CPU_MEMORY_SCHEDULER)
+        fn = jax.jit(lambda x: x + 1, compiler_options={name: value})
         fn.lower(jax.ShapeDtypeStruct((), jnp.float32)).compile()
     except Exception:  # noqa: BLE001 - any refusal means: compile without it
         return False
