@@ -496,8 +496,9 @@ def train_step_compiler_options(
     Emitters: "elemental" compiles the step's fusions with XLA's elemental (LLVM IR) emitters
     instead of its MLIR fusion emitters ("fusion", XLA's default), which build an MLIR context
     and pass pipeline per fusion. Tiny steps compile faster with them (the demo config's step
-    in its tests' tiny form: 19 -> 13 s), and the executable is smaller (UPerNet-Swin-T: ~0.1
-    GiB, its peak against PyTorch's 1.02 -> 1.00, so the recipe picks them for Swin-T). But
+    in its tests' tiny form: 12.1 -> 8.8 s, medians), and the executable is smaller
+    (UPerNet-Swin-T: ~0.15 GiB, its peak against PyTorch's 1.02 -> 0.99, so the recipe picks
+    them for Swin-T). But
     large CNN steps compile far slower (paper size: HRNet 59 -> 177 s, OCRNet 67 -> 206 s).
     "auto" is "elemental" below AUTO_MIN_PIXELS crop pixels per device, "fusion" from there on.
 
