@@ -22,9 +22,9 @@ import sys
 import threading
 import time
 
-import jax
-
-from msc_seg import reporting
+# JAX (and reporting, which imports it) are imported where used: main.run() installs
+# quiet_xla_alarms before parsing flags, and a refused command line should not pay ~1.5 s for
+# importing JAX first.
 
 _HIT = "/jax/compilation_cache/cache_hits"
 _MISS = "/jax/compilation_cache/cache_misses"
@@ -55,6 +55,10 @@ def enable(
     serve process 0 only, see below), or when the folder cannot be created. Either is said in
     one log line.
     """
+    import jax
+
+    from msc_seg import reporting
+
     global _listening, _cache_dir
     if jax.process_count() > 1:
         # Measured (localhost, 2 processes x 4 CPU devices, 3 restarts sharing one cache): no
@@ -118,6 +122,8 @@ class Compilation:
             return {}
 
     def __enter__(self):
+        from msc_seg import reporting
+
         seconds = self._history().get(self.key)
         if seconds is None:
             hint = "first run on this machine: this can take minutes on a CPU"
@@ -134,6 +140,10 @@ class Compilation:
         return self
 
     def __exit__(self, exc_type, *_):
+        import jax
+
+        from msc_seg import reporting
+
         self._heartbeat.__exit__(exc_type)
         if exc_type is not None:
             return False
