@@ -331,3 +331,29 @@ if __name__ == "__main__":
     print(_table(results))
     print(f"{time.perf_counter() - t0:.0f} s")
     shutil.rmtree(work, ignore_errors=True)
+
+
+# Refused from the command line and the config file alone: neither needs JAX nor TensorFlow.
+_IMPORT_FREE_MISTAKES = [
+    ("--config=configs/nope.py", "--workdir=/nonexistent/run"),
+    (CFG, "--config.nope=1", "--workdir=/nonexistent/run"),
+    (CFG, "--config.total_steps=abc", "--workdir=/nonexistent/run"),
+]
+
+
+@pytest.mark.parametrize("args", _IMPORT_FREE_MISTAKES)
+def test_a_command_line_mistake_is_refused_before_jax_or_tensorflow_is_imported(args):
+    """A typo costs a fraction of a second (importing JAX alone takes ~1.5 s on a 2-core CPU)."""
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = ['msc_seg.main', *{list(args)!r}]\n"
+        "try:\n"
+        "    runpy.run_module('msc_seg.main', run_name='__main__')\n"
+        "except SystemExit as e:\n"
+        "    print('EXIT', e.code, 'jax' in sys.modules, 'tensorflow' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [_python(), "-c", code], cwd=ROOT, env=_env(ROOT), capture_output=True, text=True
+    )
+    assert result.stdout.split()[-4:] == ["EXIT", "2", "False", "False"], result.stderr
+    assert result.stderr.strip().startswith("error: "), result.stderr
