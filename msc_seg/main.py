@@ -202,7 +202,8 @@ def _check_before_building() -> None:
 
 
 def main(argv) -> None:
-    from msc_seg import checkpointing, cli_checks
+    # checkpointing (orbax, JAX: ~3 s to import) only once the flags and workdir are usable.
+    from msc_seg import cli_checks
     from msc_seg.errors import ArgumentError, ConfigError
 
     if len(argv) > 1:
@@ -220,9 +221,14 @@ def main(argv) -> None:
     # Before anything asks JAX for its devices (the checks below count them): a multi-process
     # launch has to connect first; a single-process run does nothing here.
     _start_distributed()
-    try:
-        if FLAGS.workdir:
+    if FLAGS.workdir:
+        try:
             cli_checks.check_workdir(FLAGS.workdir, FLAGS.mode)
+        except ArgumentError as e:
+            _fail(str(e))
+    from msc_seg import checkpointing
+
+    try:
         if _SAVED_CONFIG:
             _show_config_source()
         _check_before_building()

@@ -333,11 +333,15 @@ if __name__ == "__main__":
     shutil.rmtree(work, ignore_errors=True)
 
 
-# Refused from the command line and the config file alone: neither needs JAX nor TensorFlow.
+# Refused from the command line, the config file and the workdir's path alone: none of these
+# needs JAX or TensorFlow.
 _IMPORT_FREE_MISTAKES = [
     ("--config=configs/nope.py", "--workdir=/nonexistent/run"),
     (CFG, "--config.nope=1", "--workdir=/nonexistent/run"),
     (CFG, "--config.total_steps=abc", "--workdir=/nonexistent/run"),
+    (CFG, "--mode=eval"),
+    ("--mode=eval", "--workdir=/nonexistent/run"),
+    (CFG, f"--workdir={pathlib.Path(__file__).resolve()}"),  # a file
 ]
 
 
