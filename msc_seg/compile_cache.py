@@ -55,11 +55,11 @@ def enable(
     serve process 0 only, see below), or when the folder cannot be created. Either is said in
     one log line.
     """
+    global _listening, _cache_dir
     import jax
 
     from msc_seg import reporting
 
-    global _listening, _cache_dir
     if jax.process_count() > 1:
         # Measured (localhost, 2 processes x 4 CPU devices, 3 restarts sharing one cache): no
         # hang any more (the start-up hang came from the lazily created backend, see

@@ -470,7 +470,8 @@ CPU_MEMORY_SCHEDULER = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPT
 CPU_ELEMENTAL_EMITTERS = {"xla_cpu_use_fusion_emitters": False}
 
 
-AUTO_MIN_PIXELS = 512 * 512  # "auto": the memory scheduler from one 512x512 crop per device
+# "auto" (scheduler and emitters): a step of at least one 512x512 crop per device is "large".
+AUTO_MIN_PIXELS = 512 * 512
 
 
 def train_step_compiler_options(
@@ -495,12 +496,12 @@ def train_step_compiler_options(
 
     Emitters: "elemental" compiles the step's fusions with XLA's elemental (LLVM IR) emitters
     instead of its MLIR fusion emitters ("fusion", XLA's default), which build an MLIR context
-    and pass pipeline per fusion. Tiny steps compile faster with them (the demo config's step
-    in its tests' tiny form: 12.1 -> 8.8 s, medians), and the executable is smaller
-    (UPerNet-Swin-T: ~0.15 GiB, its peak against PyTorch's 1.02 -> 0.99, so the recipe picks
-    them for Swin-T). But
-    large CNN steps compile far slower (paper size: HRNet 59 -> 177 s, OCRNet 67 -> 206 s).
-    "auto" is "elemental" below AUTO_MIN_PIXELS crop pixels per device, "fusion" from there on.
+    and pass pipeline per fusion. Tiny steps compile faster with them (benchmarks/
+    tiny_step_compile.py), and the executable is smaller (UPerNet-Swin-T: our idle process
+    0.11-0.16 GiB smaller, its peak against PyTorch's 1.02 -> 0.99-1.00, so the recipe picks
+    them for Swin-T). But large CNN steps compile far slower (paper size: HRNet 59 -> 177 s,
+    OCRNet 67 -> 206 s). "auto" is "elemental" below AUTO_MIN_PIXELS crop pixels per device,
+    "fusion" from there on.
 
     An option this jaxlib refuses (a renamed one) is dropped, not an error in every step."""
     if mesh.devices.flat[0].platform != "cpu":

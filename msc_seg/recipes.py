@@ -159,7 +159,7 @@ def upernet_swin(c: ml_collections.ConfigDict, args) -> None:
     # scheduler for Swin-T (3.85 -> 3.75 GiB) but larger for Swin-S/B/L (5.02/6.38/9.57 ->
     # 5.09/6.57/9.98): benchmarks/README.md, "Scheduler".
     c.xla_cpu_scheduler = "auto" if args.backbone == "swin_t" else "concurrency"
-    # XLA:CPU's elemental emitters leave Swin-T's compiled step ~0.15 GiB smaller (its peak
+    # XLA:CPU's elemental emitters leave Swin-T's compiled step 0.11-0.16 GiB smaller (its peak
     # against PyTorch's 1.02 -> 0.99-1.00) for a compile of 60-65 s instead of 44 ("Emitters").
     c.xla_cpu_emitters = "elemental" if args.backbone == "swin_t" else "auto"
 

@@ -68,7 +68,7 @@ def test_auto_emitters_are_elemental_for_small_steps_and_fusion_from_one_512_cro
     )
 
 
-def test_elemental_emitters_compute_the_same_step_values():
+def test_elemental_emitters_compute_what_the_fusion_emitters_compute():
     """The option changes how XLA emits code, not what it computes (float rounding aside)."""
     x = jnp.asarray(np.random.default_rng(0).normal(size=(16, 24)), jnp.float32)
 
@@ -147,14 +147,30 @@ def test_an_option_this_jaxlib_refuses_is_dropped(monkeypatch):
 
 
 def test_build_train_parts_compiles_the_step_with_these_options(monkeypatch):
-    """The train step's jit gets train_step_compiler_options(mesh): a refused value there makes
-    its compile fail, naming the option (a tiny DeepLabV3 step; only traced, never run)."""
+    """The train step's jit gets train_step_compiler_options of the config's fields and of its
+    crop pixels per device: a refused value there makes its compile fail, naming the option (a
+    tiny DeepLabV3 step; only traced, never run)."""
     from test_mixed_precision import K, tiny_config
 
     bad = {"xla_cpu_scheduler_type": "NO_SUCH_TYPE"}
-    monkeypatch.setattr(experiment, "train_step_compiler_options", lambda *a, **kw: bad)
+    calls = []
+
+    def options(*args, **kwargs):
+        calls.append((args, kwargs))
+        return bad
+
+    monkeypatch.setattr(experiment, "train_step_compiler_options", options)
     config = tiny_config("deeplabv3", "float32")
-    parts = experiment.build_train_parts(config, K, mesh_lib.make_mesh(1))
+    config.xla_cpu_scheduler, config.xla_cpu_emitters = "memory", "fusion"
+    mesh = mesh_lib.make_mesh(1)
+    parts = experiment.build_train_parts(config, K, mesh)
+    h, w = config.dataset.train.crop_size
+    assert calls == [
+        (
+            (mesh, "memory"),
+            {"pixels_per_device": h * w * config.batch_size, "emitters": "fusion"},
+        )
+    ]
     batch = {
         "image": jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32),
         "label": jax.ShapeDtypeStruct((2, 32, 32), jnp.int32),
