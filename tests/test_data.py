@@ -208,6 +208,23 @@ def test_train_iterator_yields_fixed_shape_normalised_batches(demo_dir):
     assert -2.2 < batch["image"].min() and batch["image"].max() < 2.7
 
 
+def test_train_and_eval_pipelines_run_without_tf_data_autotuning(demo_dir):
+    """tf.data's autotuning thread is not woken when an iterator is destroyed: with it, a pod's
+    processes stayed ~16 s after their SIGTERM save (pipeline._options). Both pipelines set
+    every parallelism explicitly and still read."""
+    it = pipeline.make_train_iterator(
+        DEMO, data_dir=demo_dir, batch_size=4, crop_size=(64, 64), seed=0
+    )
+    ev = pipeline.make_eval_dataset(
+        DEMO, data_dir=demo_dir, split="validation", batch_size=16, pad_shape=(128, 128)
+    )
+    for dataset in (it.dataset, ev.dataset):
+        assert dataset.options().autotune.enabled is False
+    assert next(it)["image"].shape == (4, 64, 64, 3)
+    assert next(iter(ev))["image"].shape == (16, 128, 128, 3)
+    it.close()
+
+
 def test_train_iterator_is_deterministic_given_seed(demo_dir):
     a, b, c = (_train_batches(demo_dir, seed) for seed in (3, 3, 4))
     _assert_same_batches(a, b)
