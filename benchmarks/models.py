@@ -21,7 +21,9 @@ Each model runs in its own subprocess (clean peak memory; one crash does not sto
   fwd              jit(model(images, train=False).logits): median of --repeats timed calls after
                    --warmup calls, each ending in block_until_ready
   train            the jitted train step (donated state), timed the same way
-  compile          seconds of jit lower + XLA compile (tracing included), separate from the run
+  state init       seconds to build the initial state (the initialiser's trace + compile + run)
+  compile          seconds of jit lower + XLA compile (tracing included), separate from the run;
+                   compile train peak RSS: the host's peak resident set once the step compiled
   peak mem         GPU/TPU: the device's peak_bytes_in_use (memory_stats); CPU: the process's peak
                    resident set (ru_maxrss), which includes the imports (JAX, TensorFlow)
   XLA train plan   arguments + outputs + temporaries - aliased, of the compiled train step
@@ -498,11 +500,12 @@ def format_row(r: dict, batch: int) -> str:
     mem = r["device_peak_bytes"] or r["peak_host_rss_bytes"]
     plan = r["xla_train_plan_bytes"]
     flag = " (NON-FINITE loss)" if r["nonfinite"] else ""
+    compile_rss = r["peak_host_rss_after_train_compile_bytes"]
     return (
-        f"| {label}{flag} | {r['params'] / 1e6:.1f} M | {1000 * fwd_s:.0f} | "
+        f"| {label}{flag} | {r['params'] / 1e6:.1f} M | {r['init_s']:.1f} | {1000 * fwd_s:.0f} | "
         f"{batch / fwd_s:.2f} | {train_s:.2f} | {batch / train_s:.3f} | "
-        f"{r['fwd_compile_s']:.1f} | {r['train_compile_s']:.1f} | {mem / GIB:.2f} | "
-        f"{'-' if plan is None else f'{plan / GIB:.2f}'} | {format_load(r)} |"
+        f"{r['fwd_compile_s']:.1f} | {r['train_compile_s']:.1f} | {compile_rss / GIB:.2f} | "
+        f"{mem / GIB:.2f} | {'-' if plan is None else f'{plan / GIB:.2f}'} | {format_load(r)} |"
     )
 
 
@@ -514,12 +517,15 @@ def format_failed_row(r: dict, batch: int) -> str:
     if "fwd_times_s" in r:
         fwd_s = statistics.median(r["fwd_times_s"])
         fwd = [f"{1000 * fwd_s:.0f}", f"{batch / fwd_s:.2f}", f"{r['fwd_compile_s']:.1f}"]
+    init = f"{r['init_s']:.1f}" if "init_s" in r else ""
     train_compile = f"{r['train_compile_s']:.1f}" if "train_compile_s" in r else ""
+    compile_rss = r.get("peak_host_rss_after_train_compile_bytes")
+    compile_rss = f"{compile_rss / GIB:.2f}" if compile_rss else ""
     plan = r.get("xla_train_plan_bytes")
     seen = r.get("peak_host_rss_seen_bytes")
     return (
-        f"| {label} | {params} | {fwd[0]} | {fwd[1]} | failed: {r['error']} | | {fwd[2]} | "
-        f"{train_compile} | {f'>= {seen / GIB:.2f}' if seen else ''} | "
+        f"| {label} | {params} | {init} | {fwd[0]} | {fwd[1]} | failed: {r['error']} | | "
+        f"{fwd[2]} | {train_compile} | {compile_rss} | {f'>= {seen / GIB:.2f}' if seen else ''} | "
         f"{f'{plan / GIB:.2f}' if plan else ''} | {format_load(r)} |"
     )
 
@@ -555,9 +561,10 @@ def format_report(results: list[dict], args, wall_s: float, load: tuple) -> str:
         f"{wall_s / 60:.1f} min (this invocation), "
         f"{sum(r['wall_s'] for r in results) / 60:.1f} min (sum over the models' subprocesses)",
         "",
-        f"| model | params | fwd ms | fwd img/s | train s/step | train img/s | compile fwd s | "
-        f"compile train s | peak mem GiB ({mem_what}) | XLA train plan GiB | mean load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| model | params | state init s | fwd ms | fwd img/s | train s/step | train img/s | "
+        f"compile fwd s | compile train s | compile train peak RSS GiB (host) | "
+        f"peak mem GiB ({mem_what}) | XLA train plan GiB | mean load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [format_row(r, args.batch) for r in results]
     repeats = sorted({(r["model"], r["repeats"]) for r in results}, key=lambda x: x[0])
