@@ -160,7 +160,8 @@ def upernet_swin(c: ml_collections.ConfigDict, args) -> None:
     # 5.09/6.57/9.98): benchmarks/README.md, "Scheduler".
     c.xla_cpu_scheduler = "auto" if args.backbone == "swin_t" else "concurrency"
     # XLA:CPU's elemental emitters leave Swin-T's compiled step 0.11-0.16 GiB smaller (its peak
-    # against PyTorch's 1.02 -> 0.99-1.00) for a compile of 60-65 s instead of 44 ("Emitters").
+    # against PyTorch's 1.02 -> 0.99-1.00); its compile measured 40.5-64.8 s with them on one
+    # kind of machine on different days, 44 s with the fusion emitters ("Emitters", models.py).
     c.xla_cpu_emitters = "elemental" if args.backbone == "swin_t" else "auto"
 
 
