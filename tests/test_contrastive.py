@@ -19,6 +19,7 @@ from msc_seg.losses import (
     pack_anchors,
     sample_batch_anchors,
 )
+from msc_seg.losses.within_scale import within_scale_info_nce
 
 
 def dense_info_nce(za, ya, va, zb, yb, vb, temperature, exclude_self):
@@ -86,6 +87,49 @@ def test_blocked_loss_and_gradients_match_dense_restatement(exclude_self):
     assert rel_err(jax.jit(blocked)(za, zb), ref_value) < 1e-5
 
 
+@pytest.mark.parametrize("block", [8, 16, 24, 512])
+def test_within_scale_kernel_matches_the_dense_restatement_and_the_two_set_kernel(block):
+    rng = np.random.default_rng(block)
+    # Two groups with different valid extents and holes; 70 slots: several block pairs, a
+    # partial last block, a diagonal block per row of blocks.
+    z, y, v = random_set(rng, 2, 70, 16, 4, 0.8)
+    v = v.at[1, 40:].set(False)
+    weights = jnp.array([1.0, 0.5])
+    kw = dict(temperature=0.1)
+
+    def within(z):
+        return jnp.sum(within_scale_info_nce(z, y, v, block_size=block, **kw) * weights)
+
+    def two_set(z):
+        return jnp.sum(info_nce_loss(z, y, v, z, y, v, exclude_self=True, **kw) * weights)
+
+    def dense(z):
+        per_group = jax.vmap(lambda *a: dense_info_nce(*a, exclude_self=True, **kw))(
+            z, y, v, z, y, v
+        )
+        return jnp.sum(per_group * weights)
+
+    value, grad = jax.jit(jax.value_and_grad(within))(z)
+    ref_value, ref_grad = jax.value_and_grad(dense)(z)
+    two_value, two_grad = jax.jit(jax.value_and_grad(two_set))(z)
+    assert rel_err(value, ref_value) < 1e-5 and rel_err(grad, ref_grad) < 1e-5
+    assert rel_err(value, two_value) < 1e-6 and rel_err(grad, two_grad) < 1e-5
+    assert rel_err(jax.jit(within)(z), ref_value) < 1e-5  # the forward-only path
+
+
+def test_within_scale_kernel_skips_only_block_pairs_without_positives():
+    # Slots ordered by class (as the sampler orders them by (image, class)): with 8-slot blocks
+    # most block pairs hold no positive pair and are skipped; the result must not change.
+    rng = np.random.default_rng(3)
+    z, _, v = random_set(rng, 1, 96, 8, 1, 0.9)
+    y = jnp.asarray(np.repeat(np.arange(12), 8)[None] // 2 * 2, jnp.int32)  # runs of 16
+    f = lambda z: jnp.sum(within_scale_info_nce(z, y, v, temperature=0.2, block_size=8))
+    ref = lambda z: jnp.sum(dense_info_nce(z[0], y[0], v[0], z[0], y[0], v[0], 0.2, True))
+    value, grad = jax.jit(jax.value_and_grad(f))(z)
+    ref_value, ref_grad = jax.value_and_grad(ref)(z)
+    assert rel_err(value, ref_value) < 1e-5 and rel_err(grad, ref_grad) < 1e-5
+
+
 def test_block_sizes_do_not_change_the_result():
     rng = np.random.default_rng(5)
     z, y, v = random_set(rng, 1, 300, 8, 6, 1.0)
@@ -99,12 +143,17 @@ def test_block_sizes_do_not_change_the_result():
         assert rel_err(x, values[0]) < 1e-6
 
 
-def test_degenerate_sets_give_zero_loss_and_zero_gradients():
+@pytest.mark.parametrize("kernel", ["two_set", "within_scale"])
+def test_degenerate_sets_give_zero_loss_and_zero_gradients(kernel):
     rng = np.random.default_rng(0)
     z, y, _ = random_set(rng, 1, 32, 8, 3, 1.0)
-    grad = jax.value_and_grad(
-        lambda z, y, v: jnp.sum(info_nce_loss(z, y, v, z, y, v, temperature=0.1, exclude_self=True))
-    )
+    loss = {
+        "two_set": lambda z, y, v: info_nce_loss(
+            z, y, v, z, y, v, temperature=0.1, exclude_self=True
+        ),
+        "within_scale": lambda z, y, v: within_scale_info_nce(z, y, v, temperature=0.1),
+    }[kernel]
+    grad = jax.value_and_grad(lambda z, y, v: jnp.sum(loss(z, y, v)))
     cases = {
         "empty": (y, jnp.zeros((1, 32), bool)),
         "single class, no negatives": (jnp.zeros_like(y), jnp.ones((1, 32), bool)),
@@ -314,6 +363,12 @@ def test_blocked_loss_keeps_no_capacity_squared_matrix_alive():
         pytest.skip("this backend gives no memory analysis")
     # One N x N float32 matrix would take 64 MiB; the blocked pass needs a few block x N ones.
     assert stats.temp_size_in_bytes < 8 * 64 * n * 4 + 16 * n * dim * 4
+    # The within-scale kernel: a few [256, 256] tiles and O(N) row statistics.
+    g = jax.value_and_grad(
+        lambda z: jnp.sum(within_scale_info_nce(z, y, v, temperature=0.1, block_size=256))
+    )
+    stats = jax.jit(g).lower(z).compile().memory_analysis()
+    assert stats.temp_size_in_bytes < 8 * 256 * 256 * 4 + 16 * n * dim * 4
 
 
 def test_errors_name_the_field_at_fault():
