@@ -6,11 +6,14 @@ settings: tau 0.1, weights 1/0.7/0.4/0.1, both cross-scale terms, 5 / 2500 / 100
   large:  B=8, 512x512, 10-25 classes per image (uneven Voronoi cells), one group of 8
   stress: B=16, 512x512, 3-6 large stripes per image, one group of 16 (the 10000 cap binds at
           strides 4 and 8)
-For each: median forward and forward+backward wall times; the matmul floor = the dominant
-matmuls' FLOPs (2*D*Ma*Mb per term for the sampled Ma, Mb, x3 for forward+backward) over the
-float32 matmul rate on [4096,256] x [256,4096] (median of rates measured right before each
-repeat, since the machine may be shared); XLA's planned memory (temporaries, and the peak =
-arguments + outputs + temporaries) from `compile().memory_analysis()`.
+For each: median forward and forward+backward wall times; the matmul floor = the FLOPs of the
+matmuls the kernels must do (2*D*Ma*Mb per [Ma,Mb] logit matrix for the sampled Ma, Mb): a
+cross-scale term 1x forward, 3x forward+backward; a within-scale term (symmetric, only its upper
+triangle: losses/within_scale.py) 1/2x forward, 2x forward+backward, not counting its positives'
+pass (data-dependent, a few block pairs); over the float32 matmul rate on [4096,256] x [256,4096]
+(median of rates measured right before each repeat, since the machine may be shared); XLA's
+planned memory (temporaries, and the peak = arguments + outputs + temporaries) from
+`compile().memory_analysis()`.
 
     python benchmarks/contrastive_loss.py --cases small,large,stress --repeats 5
 """
@@ -160,8 +163,10 @@ def run_case(name: str, repeats: int, rate: MatmulRate, block: int, col_block: i
     grad = jax.value_and_grad(forward)
     counts = anchor_counts(labels, key, case["group"])
     m = counts.astype(np.float64)
-    # Dominant matmuls: s_ij for every within-scale and cross-scale term; x3 with the backward.
-    flops = 2 * DIM * np.sum(np.sum(m**2, axis=1) + m[:, 0] * m[:, 3] + m[:, 0] * m[:, 2])
+    within = np.sum(m**2)  # [M,M] per scale: the upper triangle, then H Z_J and H^T Z_I
+    cross = np.sum(m[:, 0] * m[:, 3] + m[:, 0] * m[:, 2])  # s, then G B and G^T A
+    fwd_flops = 2 * DIM * (within / 2 + cross)
+    fwd_bwd_flops = 2 * DIM * (2 * within + 3 * cross)
     args = (embeddings, labels, key)
     fwd_t, fwd_rate = timed(jax.jit(forward), args, repeats, rate)
     bwd_t, bwd_rate = timed(jax.jit(grad), args, repeats, rate)
@@ -172,9 +177,9 @@ def run_case(name: str, repeats: int, rate: MatmulRate, block: int, col_block: i
         anchors="/".join(str(int(c)) for c in counts.sum(0)),
         rate=(fwd_rate + bwd_rate) / 2,
         fwd=fwd_t,
-        fwd_floor=flops / fwd_rate,
+        fwd_floor=fwd_flops / fwd_rate,
         fwd_bwd=bwd_t,
-        fwd_bwd_floor=3 * flops / bwd_rate,
+        fwd_bwd_floor=fwd_bwd_flops / bwd_rate,
         fwd_temp=fwd_temp,
         bwd_temp=bwd_temp,
         bwd_peak=bwd_peak,
