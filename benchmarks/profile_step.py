@@ -9,6 +9,12 @@ The table: op name (XLA's HLO instruction, e.g. `convolution.123`, `fusion.45`),
 from the optimised HLO (convolution, dot, fusion kind), total ms over --steps timed steps,
 its share of the step, and the calls. A "kind" summary follows. CPU backend only (on a GPU use
 the TensorBoard profile plugin). The trace stays in --trace-dir for Perfetto.
+
+Read the shares with two limits in mind: XLA:CPU runs matmuls (dot thunks) asynchronously on its
+thread pool, so a dot's event can end long before its result exists (the gap before its
+consumer is its real cost: matmul-heavy code, e.g. the contrastive loss, is under-counted; time
+it directly, as benchmarks/contrastive_loss.py does); and jax.profiler keeps at most 1,000,000
+events (the table then warns that later steps are missing).
 """
 
 from __future__ import annotations
@@ -42,6 +48,11 @@ def op_kinds(hlo_text: str) -> dict[str, str]:
     return kinds
 
 
+# jax.profiler keeps at most this many trace events; a step with many small loop-body ops
+# (the contrastive loss's blocks: ~600k events per UPerNet-Swin-T step) reaches it.
+TRACE_EVENT_CAP = 1_000_000
+
+
 def summarize(trace_dir: pathlib.Path, kinds: dict[str, str], steps: int, step_s: float, top: int):
     paths = sorted(trace_dir.rglob("*.trace.json.gz"))
     if not paths:
@@ -62,6 +73,14 @@ def summarize(trace_dir: pathlib.Path, kinds: dict[str, str], steps: int, step_s
         sys.exit("the trace holds no per-op events (is this the CPU backend?)")
     step_ms = 1e3 * step_s * steps
     print(f"timed steps: {steps}, median step {step_s:.2f} s; per-op times summed over threads")
+    if len(events) >= TRACE_EVENT_CAP:
+        timed = [e["ts"] for e in events if e.get("ph") == "X"]
+        span_ms = (max(timed) - min(timed)) / 1e3
+        print(
+            f"WARNING: the trace holds {len(events):,} events, jax.profiler's cap: it covers the "
+            f"first {span_ms:.0f} ms of the {step_ms:.0f} ms of steps, so the shares below "
+            "under-count; profile fewer steps (--steps 1)"
+        )
     print("| op | kind | ms | share of step | calls |\n|---|---|---|---|---|")
     for name, ms in total.most_common(top):
         print(f"| {name} | {kinds[name]} | {ms:.0f} | {100 * ms / step_ms:.1f}% | {calls[name]} |")
