@@ -18,8 +18,8 @@ from msc_seg.losses import (
     multiscale_contrastive_loss,
     pack_anchors,
     sample_batch_anchors,
+    within_scale_info_nce,
 )
-from msc_seg.losses.within_scale import within_scale_info_nce
 
 
 def dense_info_nce(za, ya, va, zb, yb, vb, temperature, exclude_self):

@@ -24,6 +24,7 @@ _EXPORTS = {
     "sample_batch_anchors": "sampling",
     "sample_group_anchors": "sampling",
     "split_groups": "sampling",
+    "within_scale_info_nce": "within_scale",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -271,7 +271,8 @@ def info_nce_loss(
 
     anchors: float [G,Na,D] L2-normalised; anchor_labels int32 [G,Na]; anchor_valid bool [G,Na];
     contrast, contrast_labels, contrast_valid: [G,Nb,D], [G,Nb], [G,Nb].
-    exclude_self: within-scale form (pass the same arrays twice; the diagonal is no positive).
+    exclude_self: within-scale form (pass the same arrays twice; the diagonal is no positive);
+    `within_scale_info_nce` computes that form at ~2/3 of the cost (the MS terms use it).
     Returns float32 [G]: per group, the mean over valid anchors of l_i (0 without valid anchors).
     """
     return _info_nce(

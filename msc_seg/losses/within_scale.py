@@ -65,10 +65,13 @@ def _within_blocked(z, y, v, temperature, block, with_grad):
         pos = both & same & ((i != j) | not_self)
         return pos, both & ~same
 
+    def rows(i):
+        """The embeddings of block i: [G,bl,D]."""
+        return _dslice(z_p, i * bl, bl, 1)
+
     def logits(i, j):
         """Shifted logits (s_ij - 1/tau: <= 0) and their exp for block pair (i, j)."""
-        zi, zj = _dslice(z_p, i * bl, bl, 1), _dslice(z_p, j * bl, bl, 1)
-        x = (jnp.einsum("gid,gjd->gij", zi, zj) - 1.0) * inv_tau
+        x = (jnp.einsum("gid,gjd->gij", rows(i), rows(j)) - 1.0) * inv_tau
         return x, jnp.exp(x)
 
     def upper_pairs(body, init):
@@ -128,11 +131,10 @@ def _within_blocked(z, y, v, temperature, block, with_grad):
         row_stats = [_dslice(t, i * bl, bl, 1)[:, :, None] for t in (neg, inv_den, coef)]
         col_stats = [_dslice(t, j * bl, bl, 1)[:, None, :] for t in (neg, inv_den, coef)]
         h = grad_rows(e, pos, negm, *row_stats) + grad_rows(e, pos, negm, *col_stats)
-        zi, zj = _dslice(z_p, i * bl, bl, 1), _dslice(z_p, j * bl, bl, 1)
-        dz = _add_at(dz, i * bl, jnp.einsum("gij,gjd->gid", h, zj))
+        dz = _add_at(dz, i * bl, jnp.einsum("gij,gjd->gid", h, rows(j)))
         return jax.lax.cond(
             i != j,
-            lambda dz: _add_at(dz, j * bl, jnp.einsum("gij,gid->gjd", h, zi)),
+            lambda dz: _add_at(dz, j * bl, jnp.einsum("gij,gid->gjd", h, rows(i))),
             lambda dz: dz,
             dz,
         )
@@ -147,8 +149,7 @@ def _within(z, y, v, temperature, block):
 
 
 def _within_fwd(z, y, v, temperature, block):
-    loss, dz = _within_blocked(z, y, v, temperature, block, True)
-    return loss, dz
+    return _within_blocked(z, y, v, temperature, block, True)  # (loss, residual dz)
 
 
 def _within_bwd(temperature, block, dz, g):
