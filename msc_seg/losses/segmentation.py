@@ -8,10 +8,11 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from msc_seg.data.conventions import IGNORE_LABEL
 from msc_seg.models import ordering
-from msc_seg.models.layers import interpolate_linear_1d
+from msc_seg.models.layers import interpolate_linear_1d, linear_taps
 
 # Values of full-resolution logits one chunk of `upsampled_cross_entropy` holds ([B,rows,W,K]):
 # 8M floats = 32 MiB, against 300 MiB for a whole 2 x 512 x 512 x 150 batch.
@@ -47,12 +48,14 @@ def upsampled_cross_entropy(
 
     logits: [B,h,w,K] at the head's resolution (any float dtype; computed in float32);
     labels: int32 [B,H,W], -1 = ignore; class_weights: static, one per class, or None/().
-    The height is interpolated first ([B,H,w,K]); then, one chunk of <= `chunk_values` output
-    values at a time (a `lax.map`), the width, the log-softmax, the loss and its gradient, which is
-    interpolated back at once (a custom VJP: the backward pass is a multiply). Equal to the
+    One chunk of output rows at a time (a `lax.scan`): the chunk's rows of the height
+    interpolation (two row gathers of the head's logits), the width, the log-softmax, the loss and
+    its gradient, which is interpolated back at once (a custom VJP: the backward pass is a
+    multiply) and added into a [B,h,w,K] accumulator at the chunk's source rows. Equal to the
     unfused loss up to float rounding (the unfused resize does the width first, as PyTorch).
-    For a 2 x 512 x 512 x 150 batch at stride 4 this replaces five 300 MiB buffers with two of
-    75 MiB and a chunk (benchmarks/README.md).
+    For a 2 x 512 x 512 x 150 batch at stride 4 no buffer larger than a chunk (<= `chunk_values`
+    values) and the [B,h,w,K] gradient exists: no five 300 MiB buffers as unfused, and no 75 MiB
+    height-interpolated logits and gradient as before (benchmarks/README.md).
     """
     logits = logits.astype(jnp.float32)
     if logits.shape[1:3] == labels.shape[1:3]:
@@ -75,44 +78,47 @@ def _pixel_weights(labels, class_weights):
 
 def _upsampled_ce_and_grad(logits, labels, weights, align_corners, rows):
     """-> (loss, d loss / d logits [B,h,w,K]), the chunked computation described above."""
-    batch, _, _, classes = logits.shape
+    batch, in_h, _, classes = logits.shape
     height, width = labels.shape[1:]
     safe, pixel_w = _pixel_weights(labels, weights)
     denom = jnp.maximum(jnp.sum(pixel_w), 1e-12)
-    up_h, back_h = jax.vjp(
-        lambda x: interpolate_linear_1d(x, height, 1, align_corners=align_corners), logits
-    )
     # ceil(H / rows) chunks of equal size; the padding rows weigh 0 (no loss, no gradient).
     n = -(-height // rows)
     rows = -(-height // n)
     pad = n * rows - height
+    # Each output row's two source rows and weights (PyTorch's), padded with row 0 at weight 0.
+    taps = [np.pad(t, (0, pad)).reshape(n, rows) for t in linear_taps(in_h, height, align_corners)]
 
     def chunked(x, fill):  # [B, H, ...] -> [n, B, rows, ...]
         x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2), constant_values=fill)
         return jnp.swapaxes(x.reshape((batch, n, rows) + x.shape[2:]), 0, 1)
 
-    def one_chunk(args):
-        x, y, w = args  # [B,rows,w,K], [B,rows,W], [B,rows,W]
+    def along_rows(v):  # [rows] -> [1, rows, 1, 1]
+        return v[None, :, None, None]
+
+    def body(grads, chunk):
+        i0, i1, w0, w1, y, w = chunk  # [rows] x 4, [B,rows,W] x 2
+        # This chunk's rows of the height interpolation, from the head's logits: no [B,H,w,K]
+        # buffer (75 MiB for 2 x 512 x 512 x 150 at stride 4) and no gradient of that size.
+        x = jnp.take(logits, i0, axis=1) * along_rows(w0)
+        x = x + jnp.take(logits, i1, axis=1) * along_rows(w1)
         z, back_w = jax.vjp(
             lambda t: interpolate_linear_1d(t, width, 2, align_corners=align_corners), x
         )
         logp = jax.nn.log_softmax(z, axis=-1)
         nll = -jnp.take_along_axis(logp, y[..., None], axis=-1)[..., 0]
         dz = (jnp.exp(logp) - jax.nn.one_hot(y, classes, dtype=z.dtype)) * (w / denom)[..., None]
-        return jnp.sum(nll * w), back_w(dz)[0]
+        dx = back_w(dz)[0]
+        grads = grads.at[:, i0].add(dx * along_rows(w0), indices_are_sorted=True)
+        grads = grads.at[:, i1].add(dx * along_rows(w1), indices_are_sorted=True)
+        return grads, jnp.sum(nll * w)
 
-    def body(grads, chunk):  # lax.map with its output buffer made by us (below)
-        i, args = chunk
-        loss, grad = one_chunk(args)
-        return jax.lax.dynamic_update_index_in_dim(grads, grad, i, 0), loss
-
-    xs = (chunked(up_h, 0.0), chunked(safe, 0), chunked(pixel_w, 0.0))
-    # Made once the upsampled logits exist: as lax.map's own output buffer XLA made it at the
-    # step's start and held it through the forward pass's end (ordering.zeros_after).
-    grads = ordering.zeros_after(xs[0].shape, xs[0].dtype, up_h)
-    grads, losses = jax.lax.scan(body, grads, (jnp.arange(n), xs))
-    grads = jnp.swapaxes(grads, 0, 1).reshape((batch, n * rows) + grads.shape[3:])
-    return jnp.sum(losses) / denom, back_h(grads[:, :height])[0]
+    xs = (*(jnp.asarray(t) for t in taps), chunked(safe, 0), chunked(pixel_w, 0.0))
+    # Made once the logits exist: as the loop's own output buffer XLA made it at the step's
+    # start and held it through the forward pass's end (ordering.zeros_after).
+    grads = ordering.zeros_after(logits.shape, logits.dtype, logits)
+    grads, losses = jax.lax.scan(body, grads, xs)
+    return jnp.sum(losses) / denom, grads
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
